@@ -1,0 +1,184 @@
+"""Benchmark driver: run every system on every load, N rounds, print the table.
+
+    .venv-bench/bin/python benchmarks/run.py [--rounds N] [--loads light,heavy,timer]
+        [--systems floor,dbos] [--profile tuned|stock] [--set KEY=VALUE ...]
+        [--output FILE] [--json FILE]
+
+Systems are discovered, not listed here: every ``benchmarks/*.py`` that assigns a
+string to ``SYSTEM`` at top level is one (see common.py's docstring for the runner
+interface).  A flask_geneva runner is registered by adding one such module, e.g.
+``benchmarks/geneva_runner.py`` with ``SYSTEM = "geneva"``.  Each runner runs in its
+own subprocess with the python of its ``VENV`` (default ``.venv-bench``; override
+with env ``BENCH_PYTHON_<SYSTEM>``), so the systems never share a process.
+
+Rounds are interleaved (round 1 of every load and system, then round 2, ...) so that
+slow drift of the machine hits every system alike; the table shows, per metric, the
+median over the successful rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+PROFILES: dict[str, dict[str, str]] = {
+    # Latency-tuned pollers on both sides (the default).
+    "tuned": {"dramatiq_worker_timeout": "100", "dbos_polling_interval": "0.1"},
+    # Each library's out-of-the-box polling: dramatiq worker_timeout 1000 ms (= max
+    # idle backoff of the Redis consumer), DBOS queue polling_interval_sec 1.0.
+    "stock": {"dramatiq_worker_timeout": "1000", "dbos_polling_interval": "1.0"},
+}
+
+
+@dataclass
+class System:
+    name: str
+    label: str
+    order: int
+    venv: str
+    path: Path
+
+    @property
+    def python(self) -> str:
+        override = os.environ.get(f"BENCH_PYTHON_{self.name.upper()}")
+        if override:
+            return override
+        cand = common.REPO_ROOT / self.venv / "bin" / "python"
+        return str(cand) if cand.exists() else sys.executable
+
+
+def discover_systems() -> dict[str, System]:
+    found: dict[str, System] = {}
+    for path in sorted(common.BENCH_DIR.glob("*.py")):
+        if path.name in ("common.py", "run.py"):
+            continue
+        try:
+            tree = ast.parse(path.read_text(), filename=str(path))
+        except SyntaxError:
+            continue
+        consts: dict[str, object] = {}
+        for node in tree.body:
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and isinstance(node.value, ast.Constant)
+            ):
+                consts[node.targets[0].id] = node.value.value
+        name = consts.get("SYSTEM")
+        if not isinstance(name, str):
+            continue
+        if name in found:
+            raise SystemExit(f"system {name!r} defined twice: {found[name].path} and {path}")
+        found[name] = System(
+            name=name,
+            label=str(consts.get("LABEL", name)),
+            order=int(consts.get("ORDER", 100)),  # type: ignore[arg-type]
+            venv=str(consts.get("VENV", ".venv-bench")),
+            path=path,
+        )
+    return dict(sorted(found.items(), key=lambda kv: (kv[1].order, kv[0])))
+
+
+def _ms(v):
+    return "-" if v is None else f"{v:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    systems = discover_systems()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--loads", default="light,heavy,timer")
+    ap.add_argument("--systems", default=",".join(systems), help=f"known: {', '.join(systems)}")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="tuned")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="runner setting, overrides the profile (e.g. dbos_worker_concurrency=16)")
+    ap.add_argument("--output", help="also write the printed report to this file")
+    ap.add_argument("--json", help="write every round's raw result to this file")
+    args = ap.parse_args(argv)
+
+    loads = [s.strip() for s in args.loads.split(",") if s.strip()]
+    chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
+    for ld in loads:
+        if ld not in common.LOADS:
+            ap.error(f"unknown load {ld!r}; known: {', '.join(common.LOADS)}")
+    for s in chosen:
+        if s not in systems:
+            ap.error(f"unknown system {s!r}; known: {', '.join(systems)}")
+    chosen.sort(key=lambda s: (systems[s].order, s))
+    settings = dict(PROFILES[args.profile])
+    settings.update(dict(kv.split("=", 1) for kv in args.set))
+
+    results: dict[tuple[str, str], list[dict]] = {(s, ld): [] for s in chosen for ld in loads}
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    t_all = time.monotonic()
+    for rnd in range(1, args.rounds + 1):
+        for ld in loads:
+            load = common.LOADS[ld]
+            for s in chosen:
+                sysm = systems[s]
+                print(f"[run] round {rnd}/{args.rounds}  {s:<8} {ld:<6} ...", end="", file=sys.stderr, flush=True)
+                t0 = time.monotonic()
+                res = common.invoke_runner(sysm.python, sysm.path, load, rnd, settings=settings)
+                results[(s, ld)].append(res)
+                if res.get("ok"):
+                    lat = res.get("latency_ms") or {}
+                    late = res.get("lateness_ms") or {}
+                    extra = f" late p50 {_ms(late.get('p50'))} ms" if late else ""
+                    print(
+                        f" ok in {time.monotonic() - t0:.0f}s: {res.get('throughput') or 0:.0f} steps/s,"
+                        f" lat p50 {_ms(lat.get('p50'))} p99 {_ms(lat.get('p99'))} ms{extra}",
+                        file=sys.stderr, flush=True,
+                    )  # fmt: skip
+                else:
+                    print(f" FAILED: {res.get('error')} (logs: {res.get('workdir')})", file=sys.stderr, flush=True)
+                    if res.get("traceback"):
+                        print(res["traceback"], file=sys.stderr)
+
+    rows = [common.summary_row(s, ld, results[(s, ld)]) for ld in loads for s in chosen]
+    report = [
+        f"flask_geneva benchmark - {started} - {args.rounds} round(s), median shown - "
+        f"profile {args.profile}: {', '.join(f'{k}={v}' for k, v in sorted(settings.items()))}",
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        f"; total {time.monotonic() - t_all:.0f}s",
+        "units: steps/s = 5*N / (last commit - first creation); lat = previous commit (or creation) "
+        "-> next step body start, ms; late = timer due -> body start, ms",
+        "",
+        common.format_table(rows, baseline="floor" if "floor" in chosen else None),
+        "",
+        "latency breakdown (ms, median over rounds): first step = creation -> step 1 body; "
+        "next steps = previous commit -> body (steps 2..5, timer-waited step excluded)",
+        common.format_breakdown(results, chosen, loads),
+        "",
+        "systems:",
+    ]
+    for s in chosen:
+        setts = next((r.get("settings") for r in results[(s, loads[0])] if r.get("settings")), None) if loads else None
+        report.append(f"  {s}: {systems[s].label}; {json.dumps(setts, sort_keys=True) if setts else ''}")
+    failures = [(k, r) for k, rs in results.items() for r in rs if not r.get("ok")]
+    for (s, ld), r in failures:
+        report.append(f"  FAILED {s}/{ld} round {r.get('round')}: {r.get('error')} (logs: {r.get('workdir')})")
+    text = "\n".join(report)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([r for rs in results.values() for r in rs], indent=1, default=str)
+        )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

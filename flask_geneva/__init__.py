@@ -1,0 +1,39 @@
+"""flask_geneva: durable, multi-step workflows for Flask applications.
+
+A workflow is a database row (its state) plus a Python class (its graph of steps). Steps
+run one at a time, each as a Dramatiq message, possibly months apart, on any worker.
+"""
+
+from __future__ import annotations
+
+from flask_geneva.dsl import cancel_if, on_exception, step
+from flask_geneva.errors import (
+    GenevaError,
+    InvalidStateError,
+    StepConfigurationError,
+    StepNotDefinedError,
+    WorkflowAlreadyOngoing,
+    WorkflowClassNotFoundError,
+)
+from flask_geneva.extension import Geneva
+from flask_geneva.policies import ExceptionPolicy
+from flask_geneva.states import StepOutcome, StepState, WorkflowState
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ExceptionPolicy",
+    "Geneva",
+    "GenevaError",
+    "InvalidStateError",
+    "StepConfigurationError",
+    "StepNotDefinedError",
+    "StepOutcome",
+    "StepState",
+    "WorkflowAlreadyOngoing",
+    "WorkflowClassNotFoundError",
+    "WorkflowState",
+    "cancel_if",
+    "on_exception",
+    "step",
+]

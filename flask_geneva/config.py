@@ -1,0 +1,104 @@
+"""The ``GENEVA_*`` configuration keys and their defaults.
+
+Every key is read once, in :meth:`flask_geneva.Geneva.init_app`, with
+``app.config.setdefault``; changing ``app.config`` afterwards has no effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+#: The broker used when ``GENEVA_BROKER_URL`` is not set: Dramatiq's in-process broker.
+DEFAULT_BROKER_URL = "memory://"
+
+DEFAULTS: Mapping[str, Any] = {
+    "GENEVA_BROKER_URL": DEFAULT_BROKER_URL,
+    "GENEVA_EMBEDDED_WORKER": False,
+    "GENEVA_DEFAULT_QUEUE": "geneva",
+    "GENEVA_RELAY_IN_WORKERS": True,
+    "GENEVA_DELETE_COMPLETED_WORKFLOWS_AFTER": timedelta(days=30),
+    "GENEVA_STUCK_IN_PROGRESS_THRESHOLD": timedelta(hours=1),
+    "GENEVA_STUCK_SCHEDULED_THRESHOLD": timedelta(minutes=15),
+    "GENEVA_STUCK_RECOVERY_ACTION": "reattempt",
+    "GENEVA_HOUSEKEEPING_BATCH_SIZE": 1000,
+    "GENEVA_UI_URL_PREFIX": "/geneva",
+    "GENEVA_UI_ACCESS": None,
+    "GENEVA_EMBEDDED_WORKER_THREADS": 4,
+}
+
+RECOVERY_ACTIONS = ("reattempt", "cancel")
+
+
+@dataclass(frozen=True)
+class GenevaConfig:
+    """The configuration of one app, as read by ``init_app``."""
+
+    broker_url: str
+    embedded_worker: bool
+    default_queue: str
+    relay_in_workers: bool
+    delete_completed_workflows_after: timedelta | None
+    stuck_in_progress_threshold: timedelta
+    stuck_scheduled_threshold: timedelta
+    stuck_recovery_action: str
+    housekeeping_batch_size: int
+    ui_url_prefix: str | None
+    ui_access: Callable[[], bool] | None
+    embedded_worker_threads: int
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> GenevaConfig:
+        """Build and validate the configuration from ``app.config``."""
+        action = config["GENEVA_STUCK_RECOVERY_ACTION"]
+        if action not in RECOVERY_ACTIONS:
+            raise ValueError(
+                f"GENEVA_STUCK_RECOVERY_ACTION must be one of {RECOVERY_ACTIONS}, got {action!r}"
+            )
+        batch = int(config["GENEVA_HOUSEKEEPING_BATCH_SIZE"])
+        if batch < 1:
+            raise ValueError(f"GENEVA_HOUSEKEEPING_BATCH_SIZE must be at least 1, got {batch}")
+        access = config["GENEVA_UI_ACCESS"]
+        if access is not None and not callable(access):
+            raise ValueError("GENEVA_UI_ACCESS must be a callable returning a bool, or None")
+        prefix = config["GENEVA_UI_URL_PREFIX"]
+        if prefix is not None and not str(prefix).startswith("/"):
+            raise ValueError(f"GENEVA_UI_URL_PREFIX must start with '/', got {prefix!r}")
+        threads = int(config["GENEVA_EMBEDDED_WORKER_THREADS"])
+        if threads < 1:
+            raise ValueError(f"GENEVA_EMBEDDED_WORKER_THREADS must be at least 1, got {threads}")
+        return cls(
+            broker_url=str(config["GENEVA_BROKER_URL"]),
+            embedded_worker=bool(config["GENEVA_EMBEDDED_WORKER"]),
+            default_queue=str(config["GENEVA_DEFAULT_QUEUE"]),
+            relay_in_workers=bool(config["GENEVA_RELAY_IN_WORKERS"]),
+            delete_completed_workflows_after=_optional_timedelta(
+                config["GENEVA_DELETE_COMPLETED_WORKFLOWS_AFTER"],
+                "GENEVA_DELETE_COMPLETED_WORKFLOWS_AFTER",
+            ),
+            stuck_in_progress_threshold=_timedelta(
+                config["GENEVA_STUCK_IN_PROGRESS_THRESHOLD"], "GENEVA_STUCK_IN_PROGRESS_THRESHOLD"
+            ),
+            stuck_scheduled_threshold=_timedelta(
+                config["GENEVA_STUCK_SCHEDULED_THRESHOLD"], "GENEVA_STUCK_SCHEDULED_THRESHOLD"
+            ),
+            stuck_recovery_action=action,
+            housekeeping_batch_size=batch,
+            ui_url_prefix=prefix,
+            ui_access=access,
+            embedded_worker_threads=threads,
+        )
+
+
+def _timedelta(value: Any, key: str) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    raise ValueError(f"{key} must be a timedelta or a number of seconds, got {value!r}")
+
+
+def _optional_timedelta(value: Any, key: str) -> timedelta | None:
+    return None if value is None else _timedelta(value, key)

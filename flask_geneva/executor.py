@@ -1,0 +1,513 @@
+"""Running one step execution: claim → run → finalize.
+
+1. **Claim** (one transaction): lock the workflow row, then the execution row; check that
+   the execution is still ``scheduled`` and the workflow ``ready``; evaluate the
+   preconditions (deleted hero, every ``cancel_if``, then ``skip_if``/``only_if``); mark the
+   execution ``in_progress`` and the workflow ``performing``; remove the outbox row;
+   commit. A precondition that ends the execution is applied in this same transaction.
+2. **Run** the step body outside any geneva lock, in ``db.session``.
+3. **Finalize** (one transaction, together with the body's own writes): lock again,
+   check that the execution is still ``in_progress`` (housekeeping may have recovered it),
+   apply the outcome, schedule what comes next, commit. An unhandled exception rolls the
+   body's writes back first and records the failure.
+
+An error in geneva's own database work is not a step failure: it is logged, the
+transaction is rolled back, and the execution is left for the relay (unclaimed) or for
+housekeeping (in progress).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
+
+from flask_geneva import signals, transitions
+from flask_geneva.dsl import StepDefinition, WorkflowDefinition, evaluate_condition
+from flask_geneva.errors import StepNotDefinedError, WorkflowClassNotFoundError
+from flask_geneva.flow import (
+    CancelSignal,
+    FinishSignal,
+    FlowControlSignal,
+    PauseSignal,
+    ReattemptSignal,
+    SkipSignal,
+)
+from flask_geneva.logs import logger, workflow_logger
+from flask_geneva.models import json_snapshot
+from flask_geneva.policies import ExceptionPolicy, resolve_policy
+from flask_geneva.scheduling import lock_execution, lock_workflow
+from flask_geneva.states import StepOutcome, StepState, WorkflowState
+from flask_geneva.timeutil import utcnow
+
+try:  # Dramatiq's time limit interrupts a step with a BaseException; it is a step failure.
+    from dramatiq.middleware.time_limit import TimeLimitExceeded as _TimeLimitExceeded
+
+    STEP_FAILURES: tuple[type[BaseException], ...] = (Exception, _TimeLimitExceeded)
+except ImportError:  # pragma: no cover
+    STEP_FAILURES = (Exception,)
+
+#: A message may run its execution this much before ``scheduled_for`` (clock skew between
+#: the relay's machine and the worker's).
+EARLY_TOLERANCE: Final = timedelta(seconds=1)
+
+
+@dataclass
+class StepResult:
+    """What happened to one execution (for the testing helpers and the logs)."""
+
+    execution_id: Any
+    step_name: str
+    #: ``precondition_checked`` outcome when a precondition ended it, else the
+    #: ``step_performed`` outcome.
+    outcome: str
+    exception: BaseException | None = None
+
+
+def coerce_execution_id(geneva: Any, value: Any) -> Any:
+    """The primary key carried by a step message, or raise ValueError naming the problem."""
+    if geneva.uuid_primary_keys:
+        if isinstance(value, uuid.UUID):
+            return value
+        if isinstance(value, str):
+            return uuid.UUID(value)
+        raise ValueError(f"a step message must carry a UUID as text, got {value!r}")
+    if isinstance(value, bool):
+        raise ValueError(f"a step message must carry an integer id, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError(f"a step message must carry an integer id, got {value!r}")
+
+
+def execute_step(
+    geneva: Any,
+    execution_id: Any,
+    *,
+    message_id: str | None = None,
+    ignore_schedule: bool = False,
+    reraise: bool = False,
+) -> StepResult | None:
+    """Run one step execution if it is due and still scheduled; never runs a body twice.
+
+    Returns None when nothing ran (unknown id, already finished, paused workflow, not
+    yet due, or a database error that leaves the execution for recovery). With
+    ``reraise`` the step's exception propagates after its outcome is committed.
+    """
+    session: Session = geneva.db.session()
+    try:
+        key = coerce_execution_id(geneva, execution_id)
+    except (TypeError, ValueError) as error:
+        logger.error("ignoring a malformed step message: %s", error)
+        return None
+    started = time.perf_counter()
+    try:
+        claim = _claim(session, geneva, key, message_id, ignore_schedule, started)
+    except sa.exc.SQLAlchemyError:
+        session.rollback()
+        logger.exception(
+            "database error while claiming step execution %s; it stays scheduled and the "
+            "relay will deliver it again",
+            key,
+        )
+        return None
+    if claim is None or isinstance(claim, StepResult):
+        if reraise and isinstance(claim, StepResult) and claim.exception is not None:
+            raise claim.exception
+        return claim
+    result = _run_and_finalize(session, claim, started)
+    if reraise and result is not None and result.exception is not None:
+        raise result.exception
+    return result
+
+
+@dataclass
+class _Claim:
+    workflow: Any
+    execution: Any
+    step: StepDefinition
+    definition: WorkflowDefinition
+
+
+def _claim(
+    session: Session,
+    geneva: Any,
+    key: Any,
+    message_id: str | None,
+    ignore_schedule: bool,
+    started: float,
+) -> _Claim | StepResult | None:
+    execution_model = geneva.StepExecution
+    workflow_id = session.scalar(
+        sa.select(execution_model.workflow_id).where(execution_model.id == key)
+    )
+    if workflow_id is None:
+        session.rollback()
+        logger.info("step execution %s does not exist; nothing to run", key)
+        return None
+    workflow = lock_workflow(session, geneva.Workflow, workflow_id)
+    execution = lock_execution(session, execution_model, key)
+    if workflow is None or execution is None:
+        session.rollback()
+        logger.info("step execution %s vanished before it could run", key)
+        return None
+    log = workflow_logger(workflow, execution)
+    if execution.state != StepState.SCHEDULED:
+        session.rollback()
+        log.info("execution %s is already %s; nothing to run", key, execution.state)
+        return None
+    if workflow.state != WorkflowState.READY:
+        session.rollback()
+        log.info("workflow is %s; execution %s stays scheduled", workflow.state, key)
+        return None
+    now = utcnow()
+    if not ignore_schedule and execution.scheduled_for > now + EARLY_TOLERANCE:
+        session.rollback()
+        log.info("execution %s is not due until %s", key, execution.scheduled_for)
+        return None
+
+    execution.started_at = now
+    execution.message_id = message_id
+    cls = type(workflow)
+    problem: Exception | None = None
+    step: StepDefinition | None = None
+    if not cls.is_defined():
+        problem = WorkflowClassNotFoundError(
+            f"workflow class {workflow.workflow_class!r} is not defined in this application; "
+            f"restore the class (or set workflow_name on its new name), then resume "
+            f"workflow #{workflow.id}, or cancel it"
+        )
+    else:
+        step = cls._geneva_definition.get_step(execution.step_name)
+        if step is None:
+            problem = StepNotDefinedError(
+                f"step {execution.step_name!r} is not defined in {cls.__name__} "
+                f"(its steps: {', '.join(cls.step_names()) or 'none'}); restore the step and "
+                f"resume workflow #{workflow.id}, or cancel it"
+            )
+    if problem is not None or step is None:
+        transitions.end_execution(execution, StepState.FAILED, StepOutcome.FAILED, now, problem)
+        transitions.pause_at(workflow, execution.step_name, now)
+        transitions.withdraw(session, workflow, execution)
+        session.commit()
+        log.error("%s", problem)
+        result = StepResult(execution.id, execution.step_name, "exception", problem)
+        _send(signals.precondition_checked, workflow, execution, "exception", problem, started)
+        return result
+
+    definition = cls._geneva_definition
+    workflow.__dict__["_geneva_running"] = execution
+    try:
+        verdict, error = _check_preconditions(workflow, step, definition)
+    finally:
+        workflow.__dict__.pop("_geneva_running", None)
+    if verdict == "passed":
+        execution.state = StepState.IN_PROGRESS
+        workflow.state = WorkflowState.PERFORMING
+        workflow.current_step_name = step.name
+        workflow.updated_at = now
+        transitions.withdraw(session, workflow, execution)
+        _commit_keeping_objects(session)
+        _send(signals.precondition_checked, workflow, execution, "passed", None, started)
+        return _Claim(workflow, execution, step, definition)
+
+    if verdict == "canceled":
+        transitions.end_execution(execution, StepState.CANCELED, StepOutcome.CANCELED, now)
+        transitions.cancel(workflow, now)
+    elif verdict == "skipped":
+        transitions.end_execution(execution, StepState.SKIPPED, StepOutcome.SKIPPED, now)
+        workflow.previous_step_name = step.name
+        transitions.advance(session, workflow, definition, step.name, now)
+    else:
+        assert error is not None
+        policy = resolve_policy(step.on_exception, definition.class_policies, error)
+        handler_signal, error = _run_handler(workflow, execution, policy, error)
+        _apply_failure(
+            session, workflow, execution, step, definition, policy, error, handler_signal, now
+        )
+    transitions.withdraw(session, workflow, execution)
+    session.commit()
+    log.info("precondition ended execution %s: %s", execution.id, verdict)
+    _send(signals.precondition_checked, workflow, execution, verdict, error, started)
+    return StepResult(execution.id, step.name, verdict, error)
+
+
+def _check_preconditions(
+    workflow: Any, step: StepDefinition, definition: WorkflowDefinition
+) -> tuple[str, BaseException | None]:
+    """``("passed" | "canceled" | "skipped" | "exception", error)``."""
+    try:
+        workflow.__dict__.pop("_geneva_hero_cache", None)
+        if not type(workflow).may_proceed_without_hero and workflow.hero is None:
+            return "canceled", None
+        for condition in definition.cancel_conditions:
+            if evaluate_condition(condition, workflow):
+                return "canceled", None
+        if step.skip_if is not None and evaluate_condition(step.skip_if, workflow):
+            return "skipped", None
+        if step.only_if is not None and not evaluate_condition(step.only_if, workflow):
+            return "skipped", None
+    except CancelSignal:
+        return "canceled", None
+    except SkipSignal:
+        return "skipped", None
+    except FlowControlSignal as signal:
+        return "exception", RuntimeError(
+            f"{type(signal).__name__} cannot be used in a precondition; only cancel() and "
+            f"skip() can"
+        )
+    except STEP_FAILURES as error:
+        return "exception", error
+    return "passed", None
+
+
+def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepResult | None:
+    workflow, execution, step = claim.workflow, claim.execution, claim.step
+    log = workflow_logger(workflow, execution)
+    snapshot = json_snapshot(workflow.data)
+    signal: FlowControlSignal | None = None
+    error: BaseException | None = None
+    body_started = time.perf_counter()
+    workflow.__dict__["_geneva_running"] = execution
+    try:
+        try:
+            step.function(workflow)
+        except FlowControlSignal as raised:
+            signal = raised
+        if json_snapshot(workflow.data) != snapshot:
+            json.dumps(workflow.data)  # a TypeError here is the step's failure
+            flag_modified(workflow, "data")
+        session.flush()  # the body's own writes: their errors are the step's
+    except STEP_FAILURES as raised:
+        error, signal = raised, None
+    finally:
+        workflow.__dict__.pop("_geneva_running", None)
+    performed = "exception" if error is not None else (signal.outcome if signal else "completed")
+    _send(signals.step_performed, workflow, execution, performed, error, body_started)
+
+    policy: ExceptionPolicy | None = None
+    handler_signal: FlowControlSignal | None = None
+    if error is not None:
+        session.rollback()  # the body's writes go; the failure is recorded below
+        policy = resolve_policy(step.on_exception, claim.definition.class_policies, error)
+        handler_signal, error = _run_handler(workflow, execution, policy, error)
+        try:
+            session.flush()  # the handler's writes commit with the outcome
+        except sa.exc.SQLAlchemyError as flush_error:
+            session.rollback()
+            flush_error.__context__ = error
+            error, handler_signal = flush_error, None
+
+    try:
+        session.flush()
+        locked = lock_workflow(session, type(workflow)._geneva.Workflow, workflow.id)
+        current = lock_execution(session, type(execution), execution.id)
+        if locked is None or current is None or current.state != StepState.IN_PROGRESS:
+            session.rollback()
+            log.warning(
+                "execution %s was recovered while its step ran; discarding the step's outcome",
+                execution.id,
+            )
+            return None
+        now = utcnow()
+        if error is not None:
+            assert policy is not None
+            _apply_failure(
+                session, locked, current, step, claim.definition, policy, error,
+                handler_signal, now,
+            )
+        else:
+            _apply_signal(session, locked, current, step, claim.definition, signal, now)
+        session.commit()
+    except sa.exc.SQLAlchemyError:
+        session.rollback()
+        log.exception(
+            "database error while finalizing execution %s; it stays in progress and "
+            "housekeeping will recover it",
+            execution.id,
+        )
+        return None
+    if error is not None:
+        log.warning("step failed with %s: %s", type(error).__name__, error)
+    _send(
+        signals.step_finalized,
+        workflow,
+        execution,
+        performed,
+        error,
+        started,
+        workflow_state=str(workflow.state),
+        step_state=str(execution.state),
+    )
+    return StepResult(execution.id, step.name, performed, error)
+
+
+def _apply_signal(
+    session: Session,
+    workflow: Any,
+    execution: Any,
+    step: StepDefinition,
+    definition: WorkflowDefinition,
+    signal: FlowControlSignal | None,
+    now: datetime,
+) -> None:
+    """Apply a normal return or a flow-control call (the non-exception outcome rows)."""
+    if signal is None:
+        transitions.end_execution(execution, StepState.COMPLETED, StepOutcome.SUCCESS, now)
+        workflow.previous_step_name = step.name
+        transitions.advance(session, workflow, definition, step.name, now)
+    elif isinstance(signal, ReattemptSignal):
+        transitions.end_execution(execution, StepState.COMPLETED, StepOutcome.REATTEMPTED, now)
+        transitions.schedule_again(session, workflow, step.name, signal.wait, now)
+    elif isinstance(signal, SkipSignal):
+        transitions.end_execution(execution, StepState.SKIPPED, StepOutcome.SKIPPED, now)
+        workflow.previous_step_name = step.name
+        transitions.advance(session, workflow, definition, step.name, now)
+    elif isinstance(signal, CancelSignal):
+        transitions.end_execution(execution, StepState.CANCELED, StepOutcome.CANCELED, now)
+        transitions.cancel(workflow, now)
+    elif isinstance(signal, PauseSignal):
+        transitions.end_execution(execution, StepState.CANCELED, StepOutcome.CANCELED, now)
+        transitions.pause_at(workflow, step.name, now)
+    elif isinstance(signal, FinishSignal):
+        transitions.end_execution(execution, StepState.COMPLETED, StepOutcome.SUCCESS, now)
+        workflow.previous_step_name = step.name
+        transitions.finish(workflow, now)
+
+
+def _run_handler(
+    workflow: Any, execution: Any, policy: ExceptionPolicy, error: BaseException
+) -> tuple[FlowControlSignal | None, BaseException]:
+    """Call an imperative handler; returns the flow-control signal it raised (if any) and
+    the error to record (the handler's own, chained to the step's, if it raised one)."""
+    if policy.handler is None:
+        return None, error
+    workflow.__dict__["_geneva_running"] = execution
+    try:
+        policy.handler(workflow, error)
+    except FlowControlSignal as signal:
+        return signal, error
+    except STEP_FAILURES as handler_error:
+        if handler_error.__context__ is None:
+            handler_error.__context__ = error
+        workflow_logger(workflow, execution).exception("the exception handler itself failed")
+        return None, handler_error
+    finally:
+        workflow.__dict__.pop("_geneva_running", None)
+    return None, error
+
+
+def _apply_failure(
+    session: Session,
+    workflow: Any,
+    execution: Any,
+    step: StepDefinition,
+    definition: WorkflowDefinition,
+    policy: ExceptionPolicy,
+    error: BaseException,
+    handler_signal: FlowControlSignal | None,
+    now: datetime,
+) -> None:
+    """Apply an exception: the "exception" rows of the outcome table."""
+    failed = StepState.FAILED
+    action = policy.action
+    if action == "handler":
+        if isinstance(handler_signal, ReattemptSignal):
+            transitions.end_execution(execution, failed, StepOutcome.REATTEMPTED, now, error)
+            transitions.schedule_again(session, workflow, step.name, handler_signal.wait, now)
+        elif isinstance(handler_signal, SkipSignal):
+            transitions.end_execution(execution, failed, StepOutcome.SKIPPED, now, error)
+            workflow.previous_step_name = step.name
+            transitions.advance(session, workflow, definition, step.name, now)
+        elif isinstance(handler_signal, CancelSignal):
+            transitions.end_execution(execution, failed, StepOutcome.CANCELED, now, error)
+            transitions.cancel(workflow, now)
+        elif isinstance(handler_signal, FinishSignal):
+            transitions.end_execution(execution, failed, StepOutcome.SUCCESS, now, error)
+            workflow.previous_step_name = step.name
+            transitions.finish(workflow, now)
+        else:  # pause(), or no flow-control call at all
+            transitions.end_execution(execution, failed, StepOutcome.FAILED, now, error)
+            transitions.pause_at(workflow, step.name, now)
+        return
+    if action == "reattempt":
+        if policy.max_reattempts is None or (
+            _consecutive_policy_reattempts(session, workflow, execution, step.name)
+            < policy.max_reattempts
+        ):
+            transitions.end_execution(execution, failed, StepOutcome.REATTEMPTED, now, error)
+            transitions.schedule_again(session, workflow, step.name, policy.wait, now)
+            return
+        action = policy.terminal_action
+    if action == "cancel":
+        transitions.end_execution(execution, failed, StepOutcome.CANCELED, now, error)
+        transitions.cancel(workflow, now)
+    elif action == "skip":
+        transitions.end_execution(execution, failed, StepOutcome.SKIPPED, now, error)
+        workflow.previous_step_name = step.name
+        transitions.advance(session, workflow, definition, step.name, now)
+    else:
+        transitions.end_execution(execution, failed, StepOutcome.FAILED, now, error)
+        transitions.pause_at(workflow, step.name, now)
+
+
+def _consecutive_policy_reattempts(
+    session: Session, workflow: Any, execution: Any, step_name: str
+) -> int:
+    """How many failed/reattempted executions of this step directly precede this one."""
+    model = type(execution)
+    rows = session.execute(
+        sa.select(model.step_name, model.state, model.outcome)
+        .where(model.workflow_id == workflow.id, model.sequence < execution.sequence)
+        .order_by(model.sequence.desc())
+        .limit(1000)
+    )
+    count = 0
+    for name, state, outcome in rows:
+        if name != step_name or state != StepState.FAILED or outcome != StepOutcome.REATTEMPTED:
+            break
+        count += 1
+    return count
+
+
+def _commit_keeping_objects(session: Session) -> None:
+    """Commit without expiring the loaded workflow, hero and execution (the step uses them)."""
+    previous = session.expire_on_commit
+    session.expire_on_commit = False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = previous
+
+
+def _send(
+    signal: Any,
+    workflow: Any,
+    execution: Any,
+    outcome: str,
+    exception: BaseException | None,
+    since: float,
+    **extra: Any,
+) -> None:
+    if not signal.receivers:
+        return
+    cls = type(workflow)
+    signal.send(
+        cls,
+        workflow_id=workflow.id,
+        workflow_class=cls.__name__ if cls.is_defined() else workflow.workflow_class,
+        execution_id=execution.id,
+        step_name=execution.step_name,
+        outcome=outcome,
+        exception=exception,
+        duration=time.perf_counter() - since,
+        **extra,
+    )

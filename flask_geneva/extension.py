@@ -1,0 +1,169 @@
+"""The Flask extension: ``Geneva``, ``init_app`` and the per-app ``GenevaState``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_geneva.config import DEFAULTS, GenevaConfig
+from flask_geneva.models import build_models
+
+if TYPE_CHECKING:
+    from flask_geneva.worker import GenevaState
+
+logger = logging.getLogger("flask_geneva")
+
+
+class Geneva:
+    """Durable workflows for a Flask-SQLAlchemy application.
+
+    ``Geneva(db=db)`` defines the models on ``db.Model`` at once (so workflow classes can
+    subclass ``geneva.Workflow`` at import time); ``init_app(app)`` reads the
+    ``GENEVA_*`` configuration, builds the app's Dramatiq broker and step actor, registers
+    the ``flask geneva`` commands and the status UI, and stores a
+    :class:`~flask_geneva.worker.GenevaState` in ``app.extensions["geneva"]``.
+
+    :param app: an app to initialise at once (``Geneva(app, db=db)``).
+    :param db: the application's ``flask_sqlalchemy.SQLAlchemy`` instance.
+    :param uuid_primary_keys: use UUID primary keys for workflows and executions.
+    """
+
+    #: The mapped base class of every workflow class (``geneva_workflows``).
+    Workflow: Any
+    #: The mapped step-execution model (``geneva_step_executions``).
+    StepExecution: Any
+    #: The mapped outbox model (``geneva_outbox``).
+    OutboxMessage: Any
+
+    def __init__(
+        self, app: Flask | None = None, *, db: Any, uuid_primary_keys: bool = False
+    ) -> None:
+        if db is None or not hasattr(db, "Model"):
+            raise TypeError("Geneva(db=...) needs the application's flask_sqlalchemy.SQLAlchemy")
+        self.db = db
+        self.uuid_primary_keys = uuid_primary_keys
+        #: Workflow classes by stored identity (the newest definition of each).
+        self.workflow_classes: dict[str, type] = {}
+        self._hero_classes: dict[str, type] = {}
+        self._lock = threading.Lock()
+        self._states: list[GenevaState] = []
+        self.Workflow, self.StepExecution, self.OutboxMessage = build_models(
+            self, db, uuid_primary_keys
+        )
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register the extension on ``app``. Raises if it is already registered there."""
+        from flask_geneva.worker import GenevaState
+
+        if "geneva" in app.extensions:
+            raise RuntimeError(
+                "flask_geneva is already registered on this app; call init_app once per app"
+            )
+        if "sqlalchemy" not in app.extensions:
+            raise RuntimeError("call db.init_app(app) before geneva.init_app(app)")
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        config = GenevaConfig.from_mapping(app.config)
+        state = GenevaState(self, app, config)
+        app.extensions["geneva"] = state
+        with self._lock:
+            self._states.append(state)
+        from flask_geneva.cli import geneva_cli
+
+        app.cli.add_command(geneva_cli)
+        if config.ui_url_prefix is not None:
+            from flask_geneva.ui import register_ui
+
+            register_ui(app, state)
+        if config.embedded_worker:
+            state.install_embedded_worker_hooks()
+
+    # ------------------------------------------------------------------ registry
+
+    def register_workflow_class(self, cls: type) -> None:
+        """Remember a (new) workflow class; called when the class is defined."""
+        identity = cls._geneva_identity  # type: ignore[attr-defined]
+        with self._lock:
+            self.workflow_classes[identity] = cls
+            states = list(self._states)
+        for state in states:
+            state.declare_queue_for(cls)
+
+    def workflow_class(self, identity: str) -> type | None:
+        """The workflow class stored under ``identity``, or None when it no longer exists."""
+        return self.workflow_classes.get(identity)
+
+    # ------------------------------------------------------------------ heroes
+
+    def hero_class(self, hero_type: str) -> type | None:
+        """The mapped class named ``hero_type`` on this app's ``db.Model`` registry."""
+        cls = self._hero_classes.get(hero_type)
+        if cls is not None:
+            return cls
+        for mapper in self.db.Model.registry.mappers:
+            if mapper.class_.__name__ == hero_type:
+                self._hero_classes[hero_type] = mapper.class_
+                return mapper.class_  # type: ignore[no-any-return]
+        return None
+
+    def identify_hero(self, hero: Any) -> tuple[str | None, str | None]:
+        """``(hero_type, hero_id)`` for a mapped instance (flushing it if it has no key)."""
+        if hero is None:
+            return None, None
+        try:
+            instance_state = sa.inspect(hero)
+        except sa.exc.NoInspectionAvailable:
+            raise ValueError(
+                f"the hero must be a mapped SQLAlchemy instance, got {type(hero).__name__}"
+            ) from None
+        mapper = instance_state.mapper
+        identity = instance_state.identity
+        if identity is None:
+            session = self.db.session
+            if instance_state.session is None:
+                session.add(hero)
+            session.flush()
+            identity = sa.inspect(hero).identity
+        if identity is None or len(identity) != 1:
+            raise ValueError(
+                f"the hero {mapper.class_.__name__} must have a single-column primary key"
+            )
+        self._hero_classes.setdefault(mapper.class_.__name__, mapper.class_)
+        return mapper.class_.__name__, str(identity[0])
+
+    def load_hero(self, hero_type: str | None, hero_id: str | None) -> Any:
+        """Load the hero fresh from the database; ``None`` when it is gone or unknown."""
+        if hero_type is None or hero_id is None:
+            return None
+        cls = self.hero_class(hero_type)
+        if cls is None:
+            logger.warning("hero type %r is not a mapped class of this app", hero_type)
+            return None
+        mapper = sa.inspect(cls)
+        column = mapper.primary_key[0]
+        try:
+            key: Any = _coerce_key(column.type, hero_id)
+        except (TypeError, ValueError):
+            return None
+        return self.db.session.get(cls, key, populate_existing=True)
+
+
+def _coerce_key(column_type: sa.types.TypeEngine[Any], text: str) -> Any:
+    """Turn a hero id stored as text back into the primary key's Python type."""
+    try:
+        python_type = column_type.python_type
+    except NotImplementedError:
+        return text
+    if python_type is str:
+        return text
+    if isinstance(column_type, sa.Uuid):
+        import uuid
+
+        return uuid.UUID(text)
+    return python_type(text)

@@ -1,0 +1,98 @@
+"""Creating workflows: ``SomeWorkflow.create(hero=..., data=...)``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from flask_geneva.errors import WorkflowAlreadyOngoing
+from flask_geneva.scheduling import schedule_step
+from flask_geneva.states import ONGOING_STATES, WorkflowState
+from flask_geneva.timeutil import utcnow
+
+
+def create_workflow(cls: Any, hero: Any = None, data: dict[str, Any] | None = None) -> Any:
+    """See :meth:`flask_geneva.models.WorkflowMixin.create`."""
+    if not cls.is_defined():
+        raise TypeError(
+            "create() is called on a workflow class (a subclass of geneva.Workflow), "
+            "not on geneva.Workflow itself"
+        )
+    geneva = cls._geneva
+    if hero is None and not cls.may_proceed_without_hero:
+        raise ValueError(
+            f"{cls.__name__}.create() needs a hero; set may_proceed_without_hero = True on "
+            f"the class to allow workflows without one"
+        )
+    data = _checked_data(cls, data)
+    session = geneva.db.session
+    hero_type, hero_id = geneva.identify_hero(hero)
+    if not cls.allow_multiple and hero_type is not None:
+        _refuse_second_ongoing(session, cls, hero_type, hero_id)
+    now = utcnow()
+    workflow = cls(
+        hero_type=hero_type,
+        hero_id=hero_id,
+        data=data,
+        state=WorkflowState.READY,
+        allow_multiple_flag=bool(cls.allow_multiple),
+        execution_count=0,
+        created_at=now,
+        updated_at=now,
+    )
+    if hero is not None:
+        workflow.__dict__["_geneva_hero_cache"] = hero
+    definition = cls._geneva_definition
+    if not definition.steps:
+        workflow.state = WorkflowState.FINISHED
+        workflow.transitioned_at = now
+    session.add(workflow)
+    try:
+        session.flush()
+    except sa.exc.IntegrityError as error:
+        if "geneva_workflows_one_ongoing" in str(error.orig) or "UNIQUE" in str(error.orig):
+            raise WorkflowAlreadyOngoing(
+                f"{cls.__name__} is already ongoing for {hero_type}:{hero_id} "
+                f"(created concurrently); roll back the session"
+            ) from error
+        raise
+    if definition.steps:
+        first = definition.steps[0]
+        schedule_step(session, workflow, first.name, now + first.wait, now=now)
+    return workflow
+
+
+def _checked_data(cls: Any, data: Any) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}.create(data=...) takes a dict, got {type(data).__name__}")
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"{cls.__name__}.create(data=...) must be JSON-serialisable: {error}"
+        ) from None
+    return dict(data)
+
+
+def _refuse_second_ongoing(session: Any, cls: Any, hero_type: str, hero_id: str | None) -> None:
+    base = cls._geneva.Workflow
+    existing = session.scalars(
+        sa.select(base.id)
+        .where(
+            base.workflow_class == cls._geneva_identity,
+            base.hero_type == hero_type,
+            base.hero_id == hero_id,
+            base.allow_multiple_flag.is_(False),
+            base.state.in_(ONGOING_STATES),
+        )
+        .limit(1)
+    ).first()
+    if existing is not None:
+        raise WorkflowAlreadyOngoing(
+            f"{cls.__name__} #{existing} is already ongoing for {hero_type}:{hero_id}; "
+            f"set allow_multiple = True on the class to allow several at once"
+        )

@@ -1,0 +1,186 @@
+"""Scheduling a step: an execution row plus an outbox row, in the caller's transaction.
+
+After the transaction commits, the committing process publishes the rows that are due at
+once (the fast path); the relay publishes the rest when their time comes, and anything the
+fast path missed. Locking helpers live here too: the lock order is always the workflow
+row, then the step-execution row.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from flask_geneva.states import StepState
+from flask_geneva.timeutil import utcnow
+
+logger = logging.getLogger("flask_geneva")
+
+#: ``session.info`` key of the messages to publish after the session commits.
+PENDING_PUBLISH_KEY: Final = "geneva_pending_publish"
+#: The PostgreSQL NOTIFY channel that wakes relays when a later step is scheduled.
+NOTIFY_CHANNEL: Final = "geneva_outbox"
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    """A message to publish once the scheduling transaction has committed."""
+
+    state: Any  # GenevaState
+    execution_id: Any
+    queue_name: str
+    priority: int
+    time_limit_ms: int | None
+    available_at: datetime
+
+
+def is_sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def lock_workflow(session: Session, workflow_model: Any, workflow_id: Any) -> Any:
+    """Lock one workflow row and load it fresh; ``None`` when it does not exist.
+
+    PostgreSQL takes a row lock (``FOR UPDATE``). SQLite has no row locks: a write to the
+    row starts the transaction as a writer, which serialises it against every other.
+    """
+    if is_sqlite(session):
+        session.execute(
+            sa.update(workflow_model.__table__)
+            .where(workflow_model.__table__.c.id == workflow_id)
+            .values(updated_at=utcnow())
+        )
+    return session.scalars(
+        sa.select(workflow_model)
+        .where(workflow_model.id == workflow_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
+def lock_execution(session: Session, execution_model: Any, execution_id: Any) -> Any:
+    """Lock one step-execution row (after its workflow's) and load it fresh."""
+    return session.scalars(
+        sa.select(execution_model)
+        .where(execution_model.id == execution_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
+def schedule_step(
+    session: Session,
+    workflow: Any,
+    step_name: str,
+    run_at: datetime,
+    *,
+    now: datetime | None = None,
+) -> Any:
+    """Add a ``scheduled`` execution of ``step_name`` and its outbox row. Does not commit."""
+    geneva = workflow._geneva
+    now = now or utcnow()
+    workflow.execution_count = (workflow.execution_count or 0) + 1
+    execution = geneva.StepExecution(
+        workflow_id=workflow.id,
+        sequence=workflow.execution_count,
+        step_name=step_name,
+        state=StepState.SCHEDULED,
+        scheduled_for=run_at,
+        created_at=now,
+    )
+    session.add(execution)
+    session.flush()
+    enqueue_outbox(session, workflow, execution, run_at, now=now)
+    workflow.next_step_name = step_name
+    return execution
+
+
+def enqueue_outbox(
+    session: Session, workflow: Any, execution: Any, available_at: datetime, *, now: datetime
+) -> None:
+    """Write the outbox row for ``execution`` and arrange its publication after commit."""
+    geneva = workflow._geneva
+    state = current_app.extensions["geneva"]
+    workflow_class = type(workflow) if type(workflow).is_defined() else None
+    queue_name, priority, time_limit_ms = state.message_options_for(workflow_class)
+    session.add(
+        geneva.OutboxMessage(
+            execution_id=execution.id,
+            workflow_id=workflow.id,
+            queue_name=queue_name,
+            priority=priority,
+            time_limit_ms=time_limit_ms,
+            available_at=available_at,
+            publish_count=0,
+            created_at=now,
+        )
+    )
+    pending = PendingMessage(state, execution.id, queue_name, priority, time_limit_ms, available_at)
+    _remember_for_commit(session, pending)
+    if available_at > now and is_postgresql(session):
+        # Delivered at commit, and only then: relays listening wake for the new due time.
+        session.execute(
+            sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(available_at.timestamp())))
+        )
+
+
+def drop_outbox(session: Session, outbox_model: Any, execution_id: Any) -> None:
+    """Delete the outbox rows of an execution that is no longer waiting to be published."""
+    session.execute(sa.delete(outbox_model).where(outbox_model.execution_id == execution_id))
+
+
+def _remember_for_commit(session: Session, pending: PendingMessage) -> None:
+    info = session.info
+    if PENDING_PUBLISH_KEY not in info:
+        info[PENDING_PUBLISH_KEY] = []
+    if not info.get("geneva_listening"):
+        event.listen(session, "after_commit", _publish_after_commit)
+        event.listen(session, "after_rollback", _forget_after_rollback)
+        info["geneva_listening"] = True
+    info[PENDING_PUBLISH_KEY].append(pending)
+
+
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop(PENDING_PUBLISH_KEY, None)
+
+
+def _publish_after_commit(session: Session) -> None:
+    """The fast path: publish due messages right after commit; never raises."""
+    pending: list[PendingMessage] = session.info.pop(PENDING_PUBLISH_KEY, None) or []
+    if not pending:
+        return
+    now = utcnow()
+    later = False
+    for message in pending:
+        if message.available_at > now + PUBLISH_AHEAD:
+            later = True
+            continue
+        try:
+            message.state.publish(
+                message.execution_id, message.queue_name, message.priority, message.time_limit_ms
+            )
+        except Exception:
+            # The row stays in the outbox: the relay publishes it after its grace period.
+            logger.warning(
+                "could not publish step execution %s after commit; the relay will",
+                message.execution_id,
+                exc_info=True,
+            )
+    if later:
+        for state in {id(m.state): m.state for m in pending}.values():
+            state.wake_relay()
+
+
+#: Messages due within this much time are published at once after commit.
+PUBLISH_AHEAD: Final = timedelta(0)

@@ -1,0 +1,119 @@
+"""Helpers that run workflows synchronously in tests.
+
+Every helper commits like a worker would, refreshes the workflow before it returns, and
+lets an exception from a step propagate after its outcome is saved::
+
+    from flask_geneva.testing import speedrun_workflow, perform_next_step, perform_step
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from flask_geneva import transitions
+from flask_geneva.errors import InvalidStateError
+from flask_geneva.executor import execute_step
+from flask_geneva.scheduling import lock_execution, lock_workflow, schedule_step
+from flask_geneva.states import FINAL_STATES, StepOutcome, StepState, WorkflowState
+from flask_geneva.timeutil import utcnow
+
+__all__ = ["perform_next_step", "perform_step", "speedrun_workflow"]
+
+
+def _session(workflow: Any) -> Any:
+    return sa.orm.object_session(workflow) or workflow._geneva.db.session()
+
+
+def _scheduled_id(session: Any, workflow: Any) -> Any:
+    model = workflow._geneva.StepExecution
+    return session.scalar(
+        sa.select(model.id).where(
+            model.workflow_id == workflow.id, model.state == StepState.SCHEDULED
+        )
+    )
+
+
+def perform_next_step(workflow: Any) -> Any:
+    """Run the workflow's scheduled execution now, ignoring its wait. Returns the workflow."""
+    session = _session(workflow)
+    session.commit()
+    session.refresh(workflow)
+    if workflow.state != WorkflowState.READY:
+        raise InvalidStateError(
+            f"{workflow.workflow_class} #{workflow.id} is {workflow.state}; "
+            f"perform_next_step() needs a ready workflow"
+        )
+    execution_id = _scheduled_id(session, workflow)
+    if execution_id is None:
+        raise InvalidStateError(
+            f"{workflow.workflow_class} #{workflow.id} has no scheduled step execution"
+        )
+    try:
+        execute_step(workflow._geneva, execution_id, ignore_schedule=True, reraise=True)
+    finally:
+        session.refresh(workflow)
+    return workflow
+
+
+def perform_step(workflow: Any, step_name: str) -> Any:
+    """Cancel what is scheduled, then run ``step_name`` now. Returns the workflow.
+
+    :raises ValueError: the workflow's class has no step of that name (the message lists
+        its steps).
+    """
+    cls = type(workflow)
+    names = cls.step_names() if cls.is_defined() else []
+    if step_name not in names:
+        raise ValueError(
+            f"{workflow.workflow_class} has no step {step_name!r}; "
+            f"its steps are: {', '.join(names) or 'none'}"
+        )
+    session = _session(workflow)
+    session.commit()
+    geneva = workflow._geneva
+    locked = lock_workflow(session, geneva.Workflow, workflow.id)
+    if locked.state not in (WorkflowState.READY, WorkflowState.PAUSED):
+        session.rollback()
+        raise InvalidStateError(
+            f"{workflow.workflow_class} #{workflow.id} is {locked.state}; "
+            f"perform_step() needs a ready or paused workflow"
+        )
+    now = utcnow()
+    scheduled_id = _scheduled_id(session, locked)
+    if scheduled_id is not None:
+        execution = lock_execution(session, geneva.StepExecution, scheduled_id)
+        transitions.end_execution(execution, StepState.CANCELED, StepOutcome.CANCELED, now)
+        transitions.withdraw(session, locked, execution)
+        session.flush()
+    locked.state = WorkflowState.READY
+    execution = schedule_step(session, locked, step_name, now, now=now)
+    session.commit()
+    try:
+        execute_step(geneva, execution.id, ignore_schedule=True, reraise=True)
+    finally:
+        session.refresh(workflow)
+    return workflow
+
+
+def speedrun_workflow(workflow: Any, max_iterations: int = 100) -> Any:
+    """Run steps synchronously, ignoring waits, until the workflow is finished, canceled
+    or paused. Returns the workflow.
+
+    :raises RuntimeError: when ``max_iterations`` steps ran and it is still going.
+    """
+    session = _session(workflow)
+    session.commit()
+    session.refresh(workflow)
+    for _ in range(max_iterations):
+        if workflow.state in FINAL_STATES or workflow.state == WorkflowState.PAUSED:
+            return workflow
+        perform_next_step(workflow)
+    if workflow.state in FINAL_STATES or workflow.state == WorkflowState.PAUSED:
+        return workflow
+    raise RuntimeError(
+        f"{workflow.workflow_class} #{workflow.id} is still {workflow.state} after "
+        f"{max_iterations} steps (next: {workflow.next_step_name!r}); raise max_iterations "
+        f"or look for a step that reattempts forever"
+    )

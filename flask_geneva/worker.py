@@ -1,0 +1,279 @@
+"""The Dramatiq side: the app's broker, the step actor, and worker-process middleware.
+
+A worker is a plain Dramatiq worker: ``dramatiq mymodule:broker`` where ``mymodule``
+creates the app and sets ``broker = app.extensions["geneva"].broker``. Each step message
+runs in an app context (so with a fresh ``db.session``); Dramatiq's retries are off for
+the step actor, because geneva owns retries.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import logging
+import os
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any, Final
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from flask import Flask
+
+from flask_geneva.config import GenevaConfig
+
+if TYPE_CHECKING:
+    from flask_geneva.extension import Geneva
+    from flask_geneva.relay import Relay
+
+logger = logging.getLogger("flask_geneva")
+
+#: The name of the step actor (priority 0); other priorities get ``geneva_step_p<N>``.
+STEP_ACTOR_NAME: Final = "geneva_step"
+#: The name of the housekeeping actor.
+HOUSEKEEPING_ACTOR_NAME: Final = "geneva_housekeeping"
+#: How long idle embedded worker threads wait for a message before looking again (ms).
+EMBEDDED_WORKER_TIMEOUT_MS: Final = 100
+
+#: The Dramatiq message being processed by this thread (its id is recorded on the claim).
+current_message_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "geneva_current_message_id", default=None
+)
+
+
+def make_broker(url: str) -> dramatiq.Broker:
+    """Build the Dramatiq broker named by ``GENEVA_BROKER_URL``."""
+    if url.startswith("memory://"):
+        return StubBroker()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(url=url)
+    if url.startswith(("amqp://", "amqps://")):
+        try:
+            from dramatiq.brokers.rabbitmq import RabbitmqBroker
+        except ImportError as error:  # pragma: no cover - depends on the install
+            raise RuntimeError(
+                "GENEVA_BROKER_URL is amqp:// but pika is not installed: "
+                "pip install 'flask-geneva[rabbitmq]'"
+            ) from error
+        return RabbitmqBroker(url=url)
+    raise ValueError(
+        f"GENEVA_BROKER_URL must start with redis://, amqp:// or memory://, got {url!r}"
+    )
+
+
+class GenevaMiddleware(dramatiq.Middleware):
+    """Worker-process duties: fresh engines after fork, the relay, the current message."""
+
+    def __init__(self, state: GenevaState) -> None:
+        self.state = state
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        # Connections inherited from a parent process must not be shared: drop them.
+        self.state.dispose_engines()
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.state.config.relay_in_workers and not self.state.embedded_running:
+            self.state.start_relay()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.state.stop_relay()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        current_message_id.set(message.message_id)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.Message,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        current_message_id.set(None)
+
+
+class GenevaState:
+    """Per-app state, stored in ``app.extensions["geneva"]``.
+
+    :ivar broker: the app's Dramatiq broker.
+    :ivar step_actor: the step actor; ``step_actor.send(execution_id)`` is a step message.
+    :ivar housekeeping_actor: an actor that runs housekeeping, for schedulers.
+    :ivar config: the :class:`~flask_geneva.config.GenevaConfig` read by ``init_app``.
+    """
+
+    def __init__(self, geneva: Geneva, app: Flask, config: GenevaConfig) -> None:
+        self.geneva = geneva
+        self.app = app
+        self.config = config
+        self.broker = make_broker(config.broker_url)
+        self.broker.add_middleware(GenevaMiddleware(self))
+        self._actors_by_priority: dict[int, dramatiq.Actor[Any, Any]] = {}
+        self._lock = threading.Lock()
+        self.step_actor = self._actor_for_priority(0)
+        self.housekeeping_actor = dramatiq.Actor(
+            self._perform_housekeeping,
+            broker=self.broker,
+            actor_name=HOUSEKEEPING_ACTOR_NAME,
+            queue_name=config.default_queue,
+            priority=0,
+            options={"max_retries": 0},
+        )
+        for cls in list(geneva.workflow_classes.values()):
+            self.declare_queue_for(cls)
+        self._relay: Relay | None = None
+        self._embedded_worker: dramatiq.Worker | None = None
+        self._embedded_pid: int | None = None
+
+    # ------------------------------------------------------------------ actors
+
+    def _actor_for_priority(self, priority: int) -> dramatiq.Actor[Any, Any]:
+        with self._lock:
+            actor = self._actors_by_priority.get(priority)
+            if actor is None:
+                name = STEP_ACTOR_NAME if priority == 0 else f"{STEP_ACTOR_NAME}_p{priority}"
+                actor = dramatiq.Actor(
+                    self._perform_step,
+                    broker=self.broker,
+                    actor_name=name,
+                    queue_name=self.config.default_queue,
+                    priority=priority,
+                    options={"max_retries": 0},
+                )
+                self._actors_by_priority[priority] = actor
+            return actor
+
+    def declare_queue_for(self, workflow_class: type) -> None:
+        """Declare the queue and actor a workflow class's step messages need."""
+        options = workflow_class._geneva_definition.job_options  # type: ignore[attr-defined]
+        queue = options.get("queue_name", self.config.default_queue)
+        self.broker.declare_queue(queue)
+        self._actor_for_priority(int(options.get("priority", 0)))
+
+    def message_options_for(self, workflow_class: type | None) -> tuple[str, int, int | None]:
+        """``(queue_name, priority, time_limit_ms)`` for a workflow class's step messages."""
+        options: dict[str, Any] = {}
+        if workflow_class is not None:
+            options = workflow_class._geneva_definition.job_options  # type: ignore[attr-defined]
+        return (
+            options.get("queue_name", self.config.default_queue),
+            int(options.get("priority", 0)),
+            options.get("time_limit"),
+        )
+
+    def _perform_step(self, execution_id: Any) -> None:
+        from flask_geneva.executor import execute_step
+
+        with self.app.app_context():
+            execute_step(self.geneva, execution_id, message_id=current_message_id.get())
+
+    def _perform_housekeeping(self) -> None:
+        from flask_geneva.housekeeping import run_housekeeping
+
+        with self.app.app_context():
+            run_housekeeping()
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(
+        self,
+        execution_id: Any,
+        queue_name: str,
+        priority: int = 0,
+        time_limit_ms: int | None = None,
+    ) -> str:
+        """Send the step message for ``execution_id``; returns the message id."""
+        actor = self._actor_for_priority(priority)
+        options: dict[str, Any] = {}
+        if time_limit_ms is not None:
+            options["time_limit"] = time_limit_ms
+        wire_id = str(execution_id) if isinstance(execution_id, uuid.UUID) else execution_id
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=queue_name,
+            actor_name=actor.actor_name,
+            args=(wire_id,),
+            kwargs={},
+            options=options,
+        )
+        self.broker.enqueue(message)
+        return message.message_id
+
+    # ------------------------------------------------------------------ processes
+
+    def dispose_engines(self) -> None:
+        """Drop pooled connections (after a fork) without closing the parent's sockets."""
+        with self.app.app_context():
+            for engine in self.geneva.db.engines.values():
+                engine.dispose(close=False)
+
+    @property
+    def relay(self) -> Relay:
+        """The outbox relay of this process (created on first use)."""
+        from flask_geneva.relay import Relay
+
+        with self._lock:
+            if self._relay is None:
+                self._relay = Relay(self)
+            return self._relay
+
+    def start_relay(self) -> None:
+        """Run the outbox relay in a background thread of this process."""
+        self.relay.start()
+
+    def stop_relay(self) -> None:
+        """Stop this process's relay thread, if it runs."""
+        if self._relay is not None:
+            self._relay.stop()
+
+    def wake_relay(self) -> None:
+        """Tell this process's relay that new outbox rows were committed."""
+        if self._relay is not None:
+            self._relay.wake()
+
+    # ------------------------------------------------------------------ embedded
+
+    @property
+    def embedded_running(self) -> bool:
+        return self._embedded_worker is not None and self._embedded_pid == os.getpid()
+
+    def install_embedded_worker_hooks(self) -> None:
+        """Start the embedded worker when the app serves its first request."""
+
+        def start_on_first_request() -> None:
+            if not self.embedded_running:
+                self.start_embedded_worker()
+
+        self.app.before_request(start_on_first_request)
+
+    def start_embedded_worker(self) -> None:
+        """Run Dramatiq worker threads and the relay inside this process (once).
+
+        Stops by itself at interpreter exit. Calling it again does nothing.
+        """
+        with self._lock:
+            if self._embedded_worker is not None and self._embedded_pid == os.getpid():
+                return
+            worker = dramatiq.Worker(
+                self.broker,
+                worker_threads=self.config.embedded_worker_threads,
+                worker_timeout=EMBEDDED_WORKER_TIMEOUT_MS,
+            )
+            self._embedded_worker = worker
+            self._embedded_pid = os.getpid()
+        worker.start()
+        self.start_relay()
+        atexit.register(self.stop_embedded_worker)
+        logger.info(
+            "embedded worker started: %d threads on %s",
+            self.config.embedded_worker_threads,
+            self.config.broker_url,
+        )
+
+    def stop_embedded_worker(self) -> None:
+        """Stop the embedded worker threads and the relay."""
+        with self._lock:
+            worker, self._embedded_worker = self._embedded_worker, None
+        self.stop_relay()
+        if worker is not None:
+            worker.stop()

@@ -1,0 +1,97 @@
+"""Fixtures: every test that takes ``app`` runs on SQLite and on PostgreSQL.
+
+PostgreSQL is required: when it cannot be reached the run fails (it never skips). Set
+``GENEVA_TEST_PG_URL`` to point at another server (default: the local one).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from tests.models import db, geneva
+
+PG_SERVER_URL = os.environ.get(
+    "GENEVA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _pg_admin_engine() -> sa.Engine:
+    return sa.create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> Iterator[str]:
+    """A PostgreSQL database of its own for this test run, dropped at the end."""
+    name = f"geneva_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = _pg_admin_engine()
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as error:
+        pytest.fail(f"PostgreSQL is required for the tests and is unreachable: {error}")
+    url = sa.engine.make_url(PG_SERVER_URL).set(database=name)
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'geneva.sqlite3'}"
+    return str(request.getfixturevalue("pg_database_url"))
+
+
+def make_app(database_url: str, **config: Any) -> Flask:
+    app = Flask("geneva_tests")
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url,
+        TESTING=True,
+        GENEVA_BROKER_URL="memory://",
+        **config,
+    )
+    db.init_app(app)
+    geneva.init_app(app)
+    return app
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    """Extra configuration for the ``app`` fixture; override in a module to change it."""
+    return {}
+
+
+@pytest.fixture
+def app(database_url: str, app_config: dict[str, Any]) -> Iterator[Flask]:
+    app = make_app(database_url, **app_config)
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+        yield app
+        db.session.remove()
+        db.drop_all()
+        for engine in db.engines.values():
+            engine.dispose()
+
+
+@pytest.fixture
+def session(app: Flask) -> Any:
+    return db.session
+
+
+@pytest.fixture
+def user(app: Flask) -> Any:
+    from tests.models import User
+
+    hero = User(email="hero@example.com")
+    db.session.add(hero)
+    db.session.commit()
+    return hero
