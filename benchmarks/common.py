@@ -198,9 +198,12 @@ def store_step_log(records: Iterable[dict[str, Any]]) -> None:
     """Copy the collected step records into bench_step_log (after the clock stopped)."""
     with _connect(BENCH_DB) as conn:
         conn.execute("TRUNCATE bench_step_log")
-        with conn.cursor() as cur, cur.copy(
-            "COPY bench_step_log (wf_id, step, started_at, committed_at, due_at) FROM STDIN"
-        ) as cp:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY bench_step_log (wf_id, step, started_at, committed_at, due_at) FROM STDIN"
+            ) as cp,
+        ):
             seen = set()
             for r in records:
                 key = (r["wf"], r["step"])
@@ -422,10 +425,8 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
         # The group may outlive its leader (forked children): always finish it off.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -437,7 +438,9 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
             log.close()
 
 
-def wait_ready_files(paths: Sequence[Path], procs: Sequence[subprocess.Popen], timeout_s: float) -> None:
+def wait_ready_files(
+    paths: Sequence[Path], procs: Sequence[subprocess.Popen], timeout_s: float
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not all(p.exists() for p in paths):
         if any(pr.poll() is not None for pr in procs):
@@ -530,7 +533,7 @@ def runner_main(system: str, run: Callable[[Load, RunContext], RunOutput]) -> No
         result["error"] = "; ".join(problems) or None
         with contextlib.suppress(Exception):
             store_step_log(out.records)
-    except BaseException as e:  # noqa: BLE001 - report everything, incl. SIGTERM
+    except BaseException as e:
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()[-4000:]
     finally:
@@ -660,7 +663,9 @@ def summary_row(system: str, load: str, results: Sequence[dict[str, Any]]) -> di
 def format_table(rows: Sequence[dict[str, Any]], baseline: str | None = "floor") -> str:
     """The results table (ms for latencies), plus a ratio table against ``baseline``."""
     lines = []
-    head = "  ".join(f"{name:>{w}}" if i > 1 else f"{name:<{w}}" for i, (name, w) in enumerate(COLUMNS))
+    head = "  ".join(
+        f"{name:>{w}}" if i > 1 else f"{name:<{w}}" for i, (name, w) in enumerate(COLUMNS)
+    )
     lines.append(head)
     lines.append("-" * len(head))
     for row in rows:
@@ -696,21 +701,25 @@ def format_table(rows: Sequence[dict[str, Any]], baseline: str | None = "floor")
 
 
 def format_breakdown(
-    results: dict[tuple[str, str], list[dict[str, Any]]], systems: Sequence[str], loads: Sequence[str]
+    results: dict[tuple[str, str], list[dict[str, Any]]],
+    systems: Sequence[str],
+    loads: Sequence[str],
 ) -> str:
     """First-step vs later-step latency, median over the successful rounds."""
-    head = f"{'system':<14}  {'load':<6}  {'first p50':>9}  {'first p99':>9}  {'next p50':>9}  {'next p99':>9}"
+    cols = ["first p50", "first p99", "next p50", "next p99"]
+    head = f"{'system':<14}  {'load':<6}  " + "  ".join(f"{c:>9}" for c in cols)
     lines = [head, "-" * len(head)]
     for ld in loads:
         for s in systems:
             ok = [r for r in results.get((s, ld), []) if r.get("ok")]
-
-            def med(name: str, key: str) -> str:
+            cells = []
+            for name, key in [
+                ("latency_first_ms", "p50"),
+                ("latency_first_ms", "p99"),
+                ("latency_next_ms", "p50"),
+                ("latency_next_ms", "p99"),
+            ]:
                 vals = [v for v in ((r.get(name) or {}).get(key) for r in ok) if v is not None]
-                return _fmt(median(vals))
-
-            lines.append(
-                f"{s:<14}  {ld:<6}  {med('latency_first_ms', 'p50'):>9}  {med('latency_first_ms', 'p99'):>9}"
-                f"  {med('latency_next_ms', 'p50'):>9}  {med('latency_next_ms', 'p99'):>9}"
-            )
+                cells.append(f"{_fmt(median(vals)):>9}")
+            lines.append(f"{s:<14}  {ld:<6}  " + "  ".join(cells))
     return "\n".join(lines)

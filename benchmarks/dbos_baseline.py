@@ -64,9 +64,7 @@ APP_VERSION = "bench-1"
 QUEUE = "bench"
 WORKFLOW_NAME = "bench_workflow"
 SYS_DB = os.environ.get("BENCH_DBOS_SYS_DB", f"{common.BENCH_DB}_dbos_sys")
-UPDATE_SQL = (
-    "UPDATE bench_counter SET n = n + 1, updated_at = clock_timestamp() WHERE wf_id = :wf"
-)
+UPDATE_SQL = "UPDATE bench_counter SET n = n + 1, updated_at = clock_timestamp() WHERE wf_id = :wf"
 
 
 def _sys_url() -> str:
@@ -194,7 +192,9 @@ def run(load: common.Load, ctx: common.RunContext) -> common.RunOutput:
             rf = ctx.workdir / f"ready-{k}"
             ready.append(rf)
             cmd = [sys.executable, os.path.abspath(__file__), "worker", f"bench-w{k}", str(rf)]
-            procs.append(common.start_process(cmd, env=env, log_path=ctx.workdir / f"worker-{k}.log"))
+            procs.append(
+                common.start_process(cmd, env=env, log_path=ctx.workdir / f"worker-{k}.log")
+            )
         common.wait_ready_files(ready, procs, timeout_s=90)
         time.sleep(common.SETTLE_S)
 

@@ -41,16 +41,13 @@ VENV = ".venv-bench"
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common  # noqa: E402
 import dramatiq  # noqa: E402
 import psycopg  # noqa: E402
 from dramatiq.brokers.redis import RedisBroker  # noqa: E402
 
-import common  # noqa: E402
-
 QUEUE = "bench_floor"
-UPDATE_SQL = (
-    "UPDATE bench_counter SET n = n + 1, updated_at = clock_timestamp() WHERE wf_id = %s"
-)
+UPDATE_SQL = "UPDATE bench_counter SET n = n + 1, updated_at = clock_timestamp() WHERE wf_id = %s"
 
 
 class _ReadyFile(dramatiq.Middleware):
@@ -93,12 +90,16 @@ def step(wf_id: str, i: int, timer_s: float = 0.0, due: float | None = None) -> 
     if i < common.STEPS:
         if timer_s and i + 1 == 2:
             next_due = time.time() + timer_s
-            step.send_with_options(args=(wf_id, i + 1, timer_s, next_due), delay=int(timer_s * 1000))
+            step.send_with_options(
+                args=(wf_id, i + 1, timer_s, next_due), delay=int(timer_s * 1000)
+            )
         else:
             step.send(wf_id, i + 1, timer_s)
     key = os.environ.get("BENCH_STEPLOG_KEY")
     if key:
-        common.push_step_records(_redis(), key, [common.step_record(wf_id, i, started, committed, due)])
+        common.push_step_records(
+            _redis(), key, [common.step_record(wf_id, i, started, committed, due)]
+        )
 
 
 def run(load: common.Load, ctx: common.RunContext) -> common.RunOutput:

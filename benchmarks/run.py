@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import common
 
 PROFILES: dict[str, dict[str, str]] = {
     # Latency-tuned pollers on both sides (the default).
@@ -97,13 +97,20 @@ def _ms(v):
 
 def main(argv: list[str] | None = None) -> int:
     systems = discover_systems()
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--loads", default="light,heavy,timer")
     ap.add_argument("--systems", default=",".join(systems), help=f"known: {', '.join(systems)}")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="tuned")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="runner setting, overrides the profile (e.g. dbos_worker_concurrency=16)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="runner setting, overrides the profile (e.g. dbos_worker_concurrency=16)",
+    )
     ap.add_argument("--output", help="also write the printed report to this file")
     ap.add_argument("--json", help="write every round's raw result to this file")
     args = ap.parse_args(argv)
@@ -128,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             load = common.LOADS[ld]
             for s in chosen:
                 sysm = systems[s]
-                print(f"[run] round {rnd}/{args.rounds}  {s:<8} {ld:<6} ...", end="", file=sys.stderr, flush=True)
+                print(
+                    f"[run] round {rnd}/{args.rounds}  {s:<8} {ld:<6} ...",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 t0 = time.monotonic()
                 res = common.invoke_runner(sysm.python, sysm.path, load, rnd, settings=settings)
                 results[(s, ld)].append(res)
@@ -136,13 +148,19 @@ def main(argv: list[str] | None = None) -> int:
                     lat = res.get("latency_ms") or {}
                     late = res.get("lateness_ms") or {}
                     extra = f" late p50 {_ms(late.get('p50'))} ms" if late else ""
+                    secs = time.monotonic() - t0
                     print(
-                        f" ok in {time.monotonic() - t0:.0f}s: {res.get('throughput') or 0:.0f} steps/s,"
+                        f" ok in {secs:.0f}s: {res.get('throughput') or 0:.0f} steps/s,"
                         f" lat p50 {_ms(lat.get('p50'))} p99 {_ms(lat.get('p99'))} ms{extra}",
-                        file=sys.stderr, flush=True,
-                    )  # fmt: skip
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 else:
-                    print(f" FAILED: {res.get('error')} (logs: {res.get('workdir')})", file=sys.stderr, flush=True)
+                    print(
+                        f" FAILED: {res.get('error')} (logs: {res.get('workdir')})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     if res.get("traceback"):
                         print(res["traceback"], file=sys.stderr)
 
@@ -150,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     report = [
         f"flask_geneva benchmark - {started} - {args.rounds} round(s), median shown - "
         f"profile {args.profile}: {', '.join(f'{k}={v}' for k, v in sorted(settings.items()))}",
-        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-        f"; total {time.monotonic() - t_all:.0f}s",
-        "units: steps/s = 5*N / (last commit - first creation); lat = previous commit (or creation) "
-        "-> next step body start, ms; late = timer due -> body start, ms",
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}; total {time.monotonic() - t_all:.0f}s",
+        "units: steps/s = 5*N / (last commit - first creation); "
+        "lat = previous commit (or creation) -> next step body start, ms; "
+        "late = timer due -> body start, ms",
         "",
         common.format_table(rows, baseline="floor" if "floor" in chosen else None),
         "",
@@ -164,11 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         "systems:",
     ]
     for s in chosen:
-        setts = next((r.get("settings") for r in results[(s, loads[0])] if r.get("settings")), None) if loads else None
-        report.append(f"  {s}: {systems[s].label}; {json.dumps(setts, sort_keys=True) if setts else ''}")
+        setts = (
+            next((r.get("settings") for r in results[(s, loads[0])] if r.get("settings")), None)
+            if loads
+            else None
+        )
+        report.append(
+            f"  {s}: {systems[s].label}; {json.dumps(setts, sort_keys=True) if setts else ''}"
+        )
     failures = [(k, r) for k, rs in results.items() for r in rs if not r.get("ok")]
     for (s, ld), r in failures:
-        report.append(f"  FAILED {s}/{ld} round {r.get('round')}: {r.get('error')} (logs: {r.get('workdir')})")
+        report.append(
+            f"  FAILED {s}/{ld} round {r.get('round')}: {r.get('error')} (logs: {r.get('workdir')})"
+        )
     text = "\n".join(report)
     print(text)
     if args.output:
