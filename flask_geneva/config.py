@@ -26,7 +26,11 @@ DEFAULTS: Mapping[str, Any] = {
     "GENEVA_HOUSEKEEPING_BATCH_SIZE": 1000,
     "GENEVA_UI_URL_PREFIX": "/geneva",
     "GENEVA_UI_ACCESS": None,
+    "GENEVA_UI_HERO_URL": None,
     "GENEVA_EMBEDDED_WORKER_THREADS": 4,
+    "GENEVA_RELAY_GRACE_PERIOD": timedelta(seconds=10),
+    "GENEVA_RELAY_REPUBLISH_AFTER": timedelta(seconds=60),
+    "GENEVA_WORKER_IDLE_TIMEOUT_MS": 100,
 }
 
 RECOVERY_ACTIONS = ("reattempt", "cancel")
@@ -47,7 +51,12 @@ class GenevaConfig:
     housekeeping_batch_size: int
     ui_url_prefix: str | None
     ui_access: Callable[[], bool] | None
+    #: ``callable(hero_type, hero_id) -> str | None``: a link to the app's page for a hero.
+    ui_hero_url: Callable[[str, str], str | None] | None
     embedded_worker_threads: int
+    relay_grace_period: timedelta
+    relay_republish_after: timedelta
+    worker_idle_timeout_ms: int
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> GenevaConfig:
@@ -63,6 +72,12 @@ class GenevaConfig:
         access = config["GENEVA_UI_ACCESS"]
         if access is not None and not callable(access):
             raise ValueError("GENEVA_UI_ACCESS must be a callable returning a bool, or None")
+        hero_url = config["GENEVA_UI_HERO_URL"]
+        if hero_url is not None and not callable(hero_url):
+            raise ValueError(
+                "GENEVA_UI_HERO_URL must be a callable(hero_type, hero_id) returning a URL "
+                "or None, or None"
+            )
         prefix = config["GENEVA_UI_URL_PREFIX"]
         if prefix is not None and not str(prefix).startswith("/"):
             raise ValueError(f"GENEVA_UI_URL_PREFIX must start with '/', got {prefix!r}")
@@ -88,7 +103,17 @@ class GenevaConfig:
             housekeeping_batch_size=batch,
             ui_url_prefix=prefix,
             ui_access=access,
+            ui_hero_url=hero_url,
             embedded_worker_threads=threads,
+            relay_grace_period=_timedelta(
+                config["GENEVA_RELAY_GRACE_PERIOD"], "GENEVA_RELAY_GRACE_PERIOD"
+            ),
+            relay_republish_after=_timedelta(
+                config["GENEVA_RELAY_REPUBLISH_AFTER"], "GENEVA_RELAY_REPUBLISH_AFTER"
+            ),
+            worker_idle_timeout_ms=_positive_int(
+                config["GENEVA_WORKER_IDLE_TIMEOUT_MS"], "GENEVA_WORKER_IDLE_TIMEOUT_MS"
+            ),
         )
 
 
@@ -98,6 +123,12 @@ def _timedelta(value: Any, key: str) -> timedelta:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return timedelta(seconds=value)
     raise ValueError(f"{key} must be a timedelta or a number of seconds, got {value!r}")
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a whole number ≥ 1, got {value!r}")
+    return value
 
 
 def _optional_timedelta(value: Any, key: str) -> timedelta | None:

@@ -233,7 +233,7 @@ def on_exception(
     *exception_classes: type[BaseException],
     action: Any = None,
     wait: Any = None,
-    max_reattempts: int | None | _Unset = UNSET,
+    max_reattempts: int | _Unset | None = UNSET,
     terminal_action: str | _Unset = UNSET,
 ) -> Any:
     """A class-level exception policy, or (without ``action``) a handler decorator.

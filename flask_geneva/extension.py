@@ -109,7 +109,7 @@ class Geneva:
         for mapper in self.db.Model.registry.mappers:
             if mapper.class_.__name__ == hero_type:
                 self._hero_classes[hero_type] = mapper.class_
-                return mapper.class_  # type: ignore[no-any-return]
+                return mapper.class_
         return None
 
     def identify_hero(self, hero: Any) -> tuple[str | None, str | None]:
@@ -145,7 +145,7 @@ class Geneva:
         if cls is None:
             logger.warning("hero type %r is not a mapped class of this app", hero_type)
             return None
-        mapper = sa.inspect(cls)
+        mapper: sa.orm.Mapper[Any] = sa.inspect(cls)
         column = mapper.primary_key[0]
         try:
             key: Any = _coerce_key(column.type, hero_id)

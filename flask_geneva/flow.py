@@ -13,7 +13,7 @@ from typing import Any
 from flask_geneva.policies import to_timedelta
 
 
-class FlowControlSignal(BaseException):  # noqa: N818 - a signal, not an error
+class FlowControlSignal(BaseException):
     """Base of the signals that end a running step."""
 
     #: The ``step_performed`` outcome name of this signal.

@@ -77,7 +77,7 @@ class ExceptionPolicy:
         self,
         action: str | ExceptionHandler,
         wait: timedelta | float | None = None,
-        max_reattempts: int | None | _Unset = UNSET,
+        max_reattempts: int | _Unset | None = UNSET,
         terminal_action: str | _Unset = UNSET,
     ) -> None:
         if callable(action):
@@ -143,7 +143,7 @@ def make_policy(
     value: Any,
     *,
     wait: Any = None,
-    max_reattempts: int | None | _Unset = UNSET,
+    max_reattempts: int | _Unset | None = UNSET,
     terminal_action: str | _Unset = UNSET,
 ) -> ExceptionPolicy:
     """Build a policy from what a user wrote for ``on_exception``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -39,6 +39,7 @@ class PendingMessage:
     priority: int
     time_limit_ms: int | None
     available_at: datetime
+    created_at: datetime
 
 
 def is_sqlite(session: Session) -> bool:
@@ -56,10 +57,11 @@ def lock_workflow(session: Session, workflow_model: Any, workflow_id: Any) -> An
     row starts the transaction as a writer, which serialises it against every other.
     """
     if is_sqlite(session):
+        table = workflow_model.__table__
+        # A write that changes nothing: it takes the lock, and a refused action leaves
+        # the row exactly as it was.
         session.execute(
-            sa.update(workflow_model.__table__)
-            .where(workflow_model.__table__.c.id == workflow_id)
-            .values(updated_at=utcnow())
+            sa.update(table).where(table.c.id == workflow_id).values(state=table.c.state)
         )
     return session.scalars(
         sa.select(workflow_model)
@@ -126,7 +128,9 @@ def enqueue_outbox(
             created_at=now,
         )
     )
-    pending = PendingMessage(state, execution.id, queue_name, priority, time_limit_ms, available_at)
+    pending = PendingMessage(
+        state, execution.id, queue_name, priority, time_limit_ms, available_at, now
+    )
     _remember_for_commit(session, pending)
     if available_at > now and is_postgresql(session):
         # Delivered at commit, and only then: relays listening wake for the new due time.
@@ -160,10 +164,10 @@ def _publish_after_commit(session: Session) -> None:
     pending: list[PendingMessage] = session.info.pop(PENDING_PUBLISH_KEY, None) or []
     if not pending:
         return
-    now = utcnow()
     later = False
     for message in pending:
-        if message.available_at > now + PUBLISH_AHEAD:
+        if message.available_at > message.created_at:
+            # A later step: the relay publishes it when it is due.
             later = True
             continue
         try:
@@ -180,7 +184,3 @@ def _publish_after_commit(session: Session) -> None:
     if later:
         for state in {id(m.state): m.state for m in pending}.values():
             state.wake_relay()
-
-
-#: Messages due within this much time are published at once after commit.
-PUBLISH_AHEAD: Final = timedelta(0)

@@ -73,6 +73,12 @@ class GenevaMiddleware(dramatiq.Middleware):
         # Connections inherited from a parent process must not be shared: drop them.
         self.state.dispose_engines()
 
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # Idle consumers poll the broker with a back-off capped by the worker timeout;
+        # Dramatiq's default (1 s) would delay a lone step by up to a second.
+        if not self.state.embedded_running:
+            worker.worker_timeout = self.state.config.worker_idle_timeout_ms
+
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.state.config.relay_in_workers and not self.state.embedded_running:
             self.state.start_relay()
@@ -80,13 +86,15 @@ class GenevaMiddleware(dramatiq.Middleware):
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.state.stop_relay()
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(
+        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
+    ) -> None:
         current_message_id.set(message.message_id)
 
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: dramatiq.MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,

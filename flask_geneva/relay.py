@@ -1,0 +1,291 @@
+"""The outbox relay: publish step messages that are due and were not published yet.
+
+The committing process publishes a step that is due at once right after its commit (the
+fast path, :mod:`flask_geneva.scheduling`). The relay publishes everything else:
+
+* rows whose wait has come (a step scheduled for later is published by the relay, at its
+  due time — waits live in the database, never in the broker);
+* rows the fast path missed (the process died between commit and publish, or the broker
+  was down): a row due at once and still unclaimed ``GENEVA_RELAY_GRACE_PERIOD`` after
+  it was written is published again;
+* rows it published itself that were never claimed (a lost message) are published again
+  every ``GENEVA_RELAY_REPUBLISH_AFTER``.
+
+It wakes when the earliest wait ends, when this process commits a row for later, and on
+PostgreSQL when any process does (``LISTEN geneva_outbox``; the scheduling transaction
+sends ``NOTIFY``), so a step starts within milliseconds of its due time. Several relays
+may run at once: on PostgreSQL each claims its rows with ``FOR UPDATE SKIP LOCKED``.
+Errors (the database or the broker is down) are logged; the relay backs off and goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import sqlalchemy as sa
+
+from flask_geneva.scheduling import NOTIFY_CHANNEL
+from flask_geneva.timeutil import as_utc, utcnow
+
+if TYPE_CHECKING:
+    from flask_geneva.worker import GenevaState
+
+logger = logging.getLogger("flask_geneva.relay")
+
+#: Rows published per batch.
+BATCH_SIZE: Final = 500
+#: The longest the relay sleeps without looking, in seconds (SQLite; PostgreSQL listens).
+POLL_INTERVAL_SQLITE_S: Final = 1.0
+POLL_INTERVAL_POSTGRESQL_S: Final = 5.0
+#: Back-off bounds after an error, in seconds.
+BACKOFF_MIN_S: Final = 0.5
+BACKOFF_MAX_S: Final = 30.0
+#: How often orphaned rows (their execution no longer scheduled) are swept, in seconds.
+SWEEP_INTERVAL_S: Final = 60.0
+
+
+class Relay:
+    """Publishes due outbox rows for one app; run it in a thread or in the foreground."""
+
+    def __init__(self, state: GenevaState) -> None:
+        self.state = state
+        self.grace_period = state.config.relay_grace_period
+        self.republish_after = state.config.relay_republish_after
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._listener: Any = None
+        self._last_sweep = 0.0
+        #: Rows published since the relay started (for tests and the logs).
+        self.published_count = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the relay thread (once)."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run_forever, name="geneva-relay", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the relay thread and wait for it."""
+        self._stop.set()
+        self.wake()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def wake(self) -> None:
+        """Make the relay look at the outbox now (new rows were committed)."""
+        # A full pipe means the relay is going to wake anyway.
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_write, b"!")
+
+    # ------------------------------------------------------------------ the loop
+
+    def run_forever(self) -> None:
+        """Publish due rows until :meth:`stop`; survive database and broker outages."""
+        backoff = BACKOFF_MIN_S
+        logger.info("outbox relay started")
+        while not self._stop.is_set():
+            try:
+                with self.state.app.app_context():
+                    self.publish_due()
+                    self._maybe_sweep()
+                    next_due = self.next_due()
+                    self._ensure_listener()
+                backoff = BACKOFF_MIN_S
+            except Exception:
+                logger.exception("outbox relay failed; retrying in %.1f s", backoff)
+                self._close_listener()
+                self._sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            self._sleep(self._timeout_until(next_due))
+        self._close_listener()
+        logger.info("outbox relay stopped")
+
+    def _timeout_until(self, next_due: datetime | None) -> float:
+        poll = POLL_INTERVAL_POSTGRESQL_S if self._listener is not None else POLL_INTERVAL_SQLITE_S
+        if next_due is None:
+            return poll
+        return max(0.0, min(poll, (next_due - utcnow()).total_seconds()))
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for a wake-up, a NOTIFY, or :meth:`stop`."""
+        if self._stop.is_set():
+            return
+        readers: list[Any] = [self._wake_read]
+        listener = self._listener
+        if listener is not None:
+            readers.append(listener.fileno())
+        try:
+            ready, _, _ = select.select(readers, [], [], seconds)
+        except (OSError, ValueError):
+            self._close_listener()
+            return
+        if self._wake_read in ready:
+            try:
+                while os.read(self._wake_read, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        if listener is not None and len(ready) > (self._wake_read in ready):
+            try:
+                for _ in listener.notifies(timeout=0):
+                    pass
+            except Exception:
+                self._close_listener()
+
+    # ------------------------------------------------------------------ one pass
+
+    def publish_due(self, now: datetime | None = None) -> int:
+        """Publish every row that is due now; returns how many were published.
+
+        Needs an app context. Each batch is claimed and committed before it is sent, so
+        two relays never send the same row at once; a row whose send fails is released
+        for the next pass.
+        """
+        total = 0
+        while True:
+            count = self._publish_batch(now or utcnow())
+            total += count
+            if count < BATCH_SIZE:
+                return total
+
+    def _publish_batch(self, now: datetime) -> int:
+        geneva = self.state.geneva
+        session = geneva.db.session
+        outbox = geneva.OutboxMessage.__table__
+        due = sa.and_(
+            outbox.c.available_at <= now,
+            sa.or_(
+                # A later step (the fast path does not publish those): due now.
+                sa.and_(
+                    outbox.c.published_at.is_(None),
+                    outbox.c.available_at > outbox.c.created_at,
+                ),
+                # Due at once, but the fast path has had its chance.
+                sa.and_(
+                    outbox.c.published_at.is_(None),
+                    outbox.c.created_at <= now - self.grace_period,
+                ),
+                # Published by a relay and never claimed: a lost message.
+                outbox.c.published_at <= now - self.republish_after,
+            ),
+        )
+        candidates = (
+            sa.select(outbox.c.id)
+            .where(due)
+            .order_by(outbox.c.available_at)
+            .limit(BATCH_SIZE)
+            .with_for_update(skip_locked=True)
+        )
+        claimed = session.execute(
+            sa.update(outbox)
+            .where(outbox.c.id.in_(candidates.scalar_subquery()))
+            .values(published_at=now, publish_count=outbox.c.publish_count + 1)
+            .returning(
+                outbox.c.id,
+                outbox.c.execution_id,
+                outbox.c.queue_name,
+                outbox.c.priority,
+                outbox.c.time_limit_ms,
+            )
+        ).all()
+        session.commit()
+        failed: list[Any] = []
+        for row in claimed:
+            try:
+                self.state.publish(
+                    row.execution_id, row.queue_name, row.priority, row.time_limit_ms
+                )
+            except Exception:
+                logger.warning(
+                    "could not publish step execution %s", row.execution_id, exc_info=True
+                )
+                failed.append(row.id)
+        if failed:
+            session.execute(
+                sa.update(outbox).where(outbox.c.id.in_(failed)).values(published_at=None)
+            )
+            session.commit()
+            raise RuntimeError(f"the broker refused {len(failed)} step message(s)")
+        self.published_count += len(claimed)
+        if claimed:
+            logger.debug("published %d step message(s)", len(claimed))
+        return len(claimed)
+
+    def next_due(self) -> datetime | None:
+        """When the earliest later step waiting for the relay is due (needs an app context).
+
+        Rows due at once are the fast path's; the relay looks at them on its regular
+        poll once their grace period has passed.
+        """
+        geneva = self.state.geneva
+        outbox = geneva.OutboxMessage.__table__
+        value = geneva.db.session.scalar(
+            sa.select(sa.func.min(outbox.c.available_at)).where(
+                outbox.c.published_at.is_(None), outbox.c.available_at > outbox.c.created_at
+            )
+        )
+        geneva.db.session.rollback()
+        return as_utc(value)
+
+    def _maybe_sweep(self) -> None:
+        """Delete rows whose execution is no longer scheduled (defensive; rare)."""
+        if time.monotonic() - self._last_sweep < SWEEP_INTERVAL_S:
+            return
+        self._last_sweep = time.monotonic()
+        geneva = self.state.geneva
+        outbox = geneva.OutboxMessage.__table__
+        executions = geneva.StepExecution.__table__
+        still_scheduled = (
+            sa.select(executions.c.id)
+            .where(executions.c.id == outbox.c.execution_id, executions.c.state == "scheduled")
+            .exists()
+        )
+        result = geneva.db.session.execute(sa.delete(outbox).where(~still_scheduled))
+        geneva.db.session.commit()
+        if result.rowcount:
+            logger.info(
+                "swept %d outbox row(s) whose execution was no longer scheduled",
+                result.rowcount,
+            )
+
+    # ------------------------------------------------------------------ LISTEN
+
+    def _ensure_listener(self) -> None:
+        """On PostgreSQL with psycopg 3, LISTEN for new rows on a connection of our own."""
+        if self._listener is not None:
+            return
+        engine = self.state.geneva.db.engine
+        if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+            return
+        import psycopg
+
+        url = engine.url.set(drivername="postgresql")
+        connection = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self._listener = connection
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                listener.close()

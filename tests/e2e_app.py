@@ -1,0 +1,123 @@
+"""The app that end-to-end tests and their real ``dramatiq`` worker processes share.
+
+Workers start as ``dramatiq tests.e2e_app:broker``; the database, broker and queue come
+from the environment (``E2E_DATABASE_URL``, ``E2E_BROKER_URL``, ``E2E_QUEUE``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.orm import Mapped, mapped_column
+
+from flask_geneva import step
+from tests.models import db, geneva
+
+
+class StepRun(db.Model):  # type: ignore[name-defined,misc]
+    """One row per step body that ran and committed (written through db.session)."""
+
+    __tablename__ = "e2e_step_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    step_name: Mapped[str] = mapped_column(sa.String(64))
+    execution_id: Mapped[str] = mapped_column(sa.String(64))
+    started_at: Mapped[float] = mapped_column(sa.Float)
+    pid: Mapped[int] = mapped_column(default=0)
+
+
+def record(workflow: Any) -> None:
+    execution = workflow.current_execution
+    db.session.add(
+        StepRun(
+            workflow_id=str(workflow.id),
+            step_name=execution.step_name,
+            execution_id=str(execution.id),
+            started_at=time.time(),
+            pid=os.getpid(),
+        )
+    )
+
+
+class ThreeStepWorkflow(geneva.Workflow):
+    """Three steps with no waits."""
+
+    may_proceed_without_hero = True
+
+    @step
+    def first(self) -> None:
+        record(self)
+
+    @step
+    def second(self) -> None:
+        record(self)
+
+    @step
+    def third(self) -> None:
+        record(self)
+
+
+class WaitingWorkflow(geneva.Workflow):
+    """Steps separated by short waits: the relay publishes them when they are due."""
+
+    may_proceed_without_hero = True
+
+    @step
+    def start(self) -> None:
+        record(self)
+
+    @step(wait=timedelta(seconds=1))
+    def after_one_second(self) -> None:
+        record(self)
+
+    @step(wait=timedelta(seconds=2))
+    def after_two_more(self) -> None:
+        record(self)
+
+
+class HangingWorkflow(geneva.Workflow):
+    """Its step hangs on its first attempt (until the worker is killed)."""
+
+    may_proceed_without_hero = True
+
+    @step
+    def hang_once(self) -> None:
+        record(self)
+        if not any(e.outcome == "recovered" for e in self.execution_history):
+            db.session.commit()  # make the attempt visible to the test
+            threading.Event().wait()
+        self.data["survived"] = True
+
+    @step
+    def after(self) -> None:
+        record(self)
+
+
+def create_app(
+    database_url: str | None = None, broker_url: str | None = None, queue: str | None = None
+) -> Flask:
+    app = Flask("geneva_e2e")
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url or os.environ["E2E_DATABASE_URL"],
+        GENEVA_BROKER_URL=broker_url or os.environ.get("E2E_BROKER_URL", "memory://"),
+        GENEVA_DEFAULT_QUEUE=queue or os.environ.get("E2E_QUEUE", "geneva"),
+        GENEVA_RELAY_GRACE_PERIOD=timedelta(seconds=1),
+        GENEVA_RELAY_REPUBLISH_AFTER=timedelta(seconds=2),
+        GENEVA_WORKER_IDLE_TIMEOUT_MS=20,
+        TESTING=True,
+    )
+    db.init_app(app)
+    geneva.init_app(app)
+    return app
+
+
+if "E2E_DATABASE_URL" in os.environ:
+    app = create_app()
+    broker = app.extensions["geneva"].broker

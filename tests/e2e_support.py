@@ -1,0 +1,90 @@
+"""Real ``dramatiq`` worker processes for the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcesses:
+    """``dramatiq tests.e2e_app:broker`` with its own environment; stop() kills it."""
+
+    def __init__(self, env: dict[str, str], processes: int = 2, threads: int = 4) -> None:
+        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.processes = processes
+        self.threads = threads
+        self.lines: list[str] = []
+        self._ready = threading.Semaphore(0)
+        self.popen: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 60.0) -> WorkerProcesses:
+        self.popen = subprocess.Popen(
+            [
+                sys.executable, "-m", "dramatiq", "tests.e2e_app:broker",
+                "--processes", str(self.processes), "--threads", str(self.threads),
+                "--queues", self.env["E2E_QUEUE"],
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        for _ in range(self.processes):
+            if not self._ready.acquire(timeout=timeout):
+                self.stop()
+                raise RuntimeError("dramatiq workers did not start:\n" + self.output())
+        return self
+
+    def _read(self) -> None:
+        assert self.popen is not None and self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.lines.append(line)
+            if "Worker process is ready for action" in line:
+                self._ready.release()
+
+    def output(self) -> str:
+        return "".join(self.lines[-200:])
+
+    def kill(self) -> None:
+        """SIGKILL every process of the worker group at once (a crash)."""
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop the workers gracefully, or kill them if they do not stop."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 60.0, message: str = "condition"
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    interval = 0.01
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}")
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.25)

@@ -1,0 +1,244 @@
+"""End to end: real ``dramatiq`` worker processes on Redis (and RabbitMQ) and PostgreSQL.
+
+Each test starts workers as ``dramatiq tests.e2e_app:broker`` — the relay runs inside
+them — and creates workflows from this process, like a web process would.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_geneva.housekeeping import run_housekeeping
+from flask_geneva.timeutil import utcnow
+from tests.e2e_app import HangingWorkflow, StepRun, ThreeStepWorkflow, WaitingWorkflow, create_app
+from tests.e2e_support import WorkerProcesses, wait_until
+from tests.models import db, geneva
+
+pytestmark = pytest.mark.e2e
+
+REDIS_URL = os.environ.get("GENEVA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("GENEVA_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+@dataclass
+class E2E:
+    app: Flask
+    env: dict[str, str]
+    queue: str
+    workers: list[WorkerProcesses] = field(default_factory=list)
+
+    def start_workers(self, processes: int = 2, threads: int = 4) -> WorkerProcesses:
+        workers = WorkerProcesses(self.env, processes=processes, threads=threads).start()
+        self.workers.append(workers)
+        return workers
+
+    def states(self, ids: list[Any]) -> dict[str, int]:
+        db.session.rollback()
+        rows = db.session.execute(
+            sa.select(geneva.Workflow.state, sa.func.count())
+            .where(geneva.Workflow.id.in_(ids))
+            .group_by(geneva.Workflow.state)
+        )
+        return {str(state): count for state, count in rows}
+
+    def all_finished(self, ids: list[Any]) -> bool:
+        return self.states(ids) == {"finished": len(ids)}
+
+    def runs(self) -> dict[tuple[str, str], int]:
+        db.session.rollback()
+        rows = db.session.execute(
+            sa.select(StepRun.workflow_id, StepRun.step_name, sa.func.count()).group_by(
+                StepRun.workflow_id, StepRun.step_name
+            )
+        )
+        return {(workflow_id, step): count for workflow_id, step, count in rows}
+
+
+def _require_redis() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as error:
+        pytest.fail(f"Redis is required for the end-to-end tests: {error}")
+    return client
+
+
+def _e2e(pg_database_url: str, broker_url: str) -> Iterator[E2E]:
+    queue = f"e2e_{uuid.uuid4().hex[:10]}"
+    app = create_app(pg_database_url, broker_url, queue)
+    env = {"E2E_DATABASE_URL": pg_database_url, "E2E_BROKER_URL": broker_url, "E2E_QUEUE": queue}
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+        context = E2E(app, env, queue)
+        try:
+            yield context
+        finally:
+            for workers in context.workers:
+                workers.stop()
+            db.session.remove()
+            db.drop_all()
+            for engine in db.engines.values():
+                engine.dispose()
+
+
+@pytest.fixture
+def e2e(pg_database_url: str) -> Iterator[E2E]:
+    _require_redis()
+    yield from _e2e(pg_database_url, REDIS_URL)
+
+
+def _create(cls: Any, count: int) -> list[Any]:
+    workflows = [cls.create() for _ in range(count)]
+    db.session.commit()
+    return [wf.id for wf in workflows]
+
+
+def test_a_workflow_with_waits_finishes_with_its_steps_on_time(e2e: E2E) -> None:
+    e2e.start_workers()
+    ids = _create(WaitingWorkflow, 3)
+    wait_until(lambda: e2e.all_finished(ids), timeout=60, message="the workflows to finish")
+
+    executions = db.session.execute(
+        sa.select(geneva.StepExecution.scheduled_for, StepRun.started_at, StepRun.step_name)
+        .join(StepRun, StepRun.execution_id == sa.cast(geneva.StepExecution.id, sa.String))
+        .where(geneva.StepExecution.workflow_id.in_(ids))
+    ).all()
+    assert len(executions) == 9
+    for scheduled_for, body_started, step_name in executions:
+        lateness = body_started - scheduled_for.timestamp()
+        # Never early (one clock here), and started promptly: the relay wakes at the due
+        # time rather than on its poll interval.
+        assert lateness >= -0.01, (step_name, lateness)
+        assert lateness < 1.0, (step_name, lateness)
+    waits = db.session.execute(
+        sa.select(geneva.StepExecution.step_name, geneva.StepExecution.scheduled_for)
+        .where(geneva.StepExecution.workflow_id == ids[0])
+        .order_by(geneva.StepExecution.sequence)
+    ).all()
+    assert [name for name, _ in waits] == ["start", "after_one_second", "after_two_more"]
+    assert waits[2][1] - waits[1][1] >= timedelta(seconds=2)
+
+
+def test_200_concurrent_workflows_run_every_step_exactly_once(e2e: E2E) -> None:
+    e2e.start_workers(processes=2, threads=8)
+    ids = _create(ThreeStepWorkflow, 200)
+    wait_until(lambda: e2e.all_finished(ids), timeout=180, message="200 workflows to finish")
+    runs = e2e.runs()
+    assert len(runs) == 600
+    assert set(runs.values()) == {1}
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(geneva.OutboxMessage)) == 0
+
+
+def test_a_step_message_delivered_twice_runs_once(e2e: E2E) -> None:
+    state = e2e.app.extensions["geneva"]
+    workflow = ThreeStepWorkflow.create()
+    db.session.commit()
+    first_execution = workflow.current_execution.id
+    for _ in range(3):
+        state.step_actor.send(first_execution)
+    state.step_actor.send(10**12)  # no such execution
+    state.step_actor.send("not-an-id")  # malformed
+    workers = e2e.start_workers()
+    wait_until(lambda: e2e.all_finished([workflow.id]), message="the workflow to finish")
+    state.step_actor.send(first_execution)  # after it finished
+    second = ThreeStepWorkflow.create()
+    db.session.commit()
+    wait_until(lambda: e2e.all_finished([second.id]), message="the workers to go on")
+    runs = e2e.runs()
+    assert runs[(str(workflow.id), "first")] == 1
+    assert sum(count for (wf, _), count in runs.items() if wf == str(workflow.id)) == 3
+    assert workers.popen is not None and workers.popen.poll() is None
+    assert "does not exist" in workers.output()
+    assert "malformed step message" in workers.output()
+
+
+def test_flushall_on_redis_in_the_middle_of_a_run_loses_no_workflow(e2e: E2E) -> None:
+    client = _require_redis()
+    e2e.start_workers()
+    ids = _create(WaitingWorkflow, 30)
+    wait_until(lambda: len(e2e.runs()) >= 30, message="the first steps to run")
+    client.flushall()
+    wait_until(lambda: e2e.all_finished(ids), timeout=120, message="every workflow to finish")
+    runs = e2e.runs()
+    assert len(runs) == 90
+    assert set(runs.values()) == {1}
+
+
+def test_a_worker_killed_in_a_step_is_recovered_by_housekeeping(e2e: E2E) -> None:
+    workers = e2e.start_workers(processes=1, threads=2)
+    workflow = HangingWorkflow.create()
+    db.session.commit()
+    wait_until(lambda: e2e.runs().get((str(workflow.id), "hang_once")), message="the hang")
+    workers.kill()
+    db.session.rollback()
+    assert db.session.get(geneva.Workflow, workflow.id).state == "performing"
+
+    # Later, housekeeping finds the execution stuck in progress past its threshold.
+    result = run_housekeeping(now=utcnow() + timedelta(hours=2))
+    assert (result.recovered_in_progress, result.recovered_scheduled) == (1, 0)
+
+    e2e.start_workers(processes=1, threads=2)
+    wait_until(lambda: e2e.all_finished([workflow.id]), message="the recovered workflow")
+    db.session.expire_all()
+    finished = db.session.get(geneva.Workflow, workflow.id)
+    history = [(e.step_name, str(e.state), str(e.outcome)) for e in finished.execution_history]
+    assert history == [
+        ("hang_once", "completed", "recovered"),
+        ("hang_once", "completed", "success"),
+        ("after", "completed", "success"),
+    ]
+    assert finished.data == {"survived": True}
+
+
+def test_a_crash_between_commit_and_publish_is_covered_by_the_relay(
+    e2e: E2E, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = e2e.app.extensions["geneva"]
+
+    def broker_unreachable(*args: Any, **kwargs: Any) -> str:
+        raise ConnectionError("the broker went away between commit and publish")
+
+    monkeypatch.setattr(state, "publish", broker_unreachable)
+    ids = _create(ThreeStepWorkflow, 5)
+    client = _require_redis()
+    assert client.hlen(f"dramatiq:{e2e.queue}.msgs") == 0
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(geneva.OutboxMessage)) == 5
+
+    e2e.start_workers()  # their relays publish what the fast path missed
+    wait_until(lambda: e2e.all_finished(ids), timeout=60, message="the relay to publish")
+    assert set(e2e.runs().values()) == {1}
+
+
+def test_a_rolled_back_creation_publishes_nothing(e2e: E2E) -> None:
+    client = _require_redis()
+    ThreeStepWorkflow.create()
+    db.session.rollback()
+    assert client.hlen(f"dramatiq:{e2e.queue}.msgs") == 0
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(geneva.Workflow)) == 0
+
+    kept = ThreeStepWorkflow.create()
+    db.session.commit()
+    assert client.hlen(f"dramatiq:{e2e.queue}.msgs") == 1
+    e2e.start_workers()
+    wait_until(lambda: e2e.all_finished([kept.id]), message="the committed workflow")
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(geneva.Workflow)) == 1
+
+
+def test_workflows_run_on_rabbitmq(pg_database_url: str) -> None:
+    for e2e in _e2e(pg_database_url, AMQP_URL):
+        e2e.start_workers()
+        ids = _create(ThreeStepWorkflow, 20) + _create(WaitingWorkflow, 2)
+        wait_until(lambda e2e=e2e: e2e.all_finished(ids), timeout=90, message="RabbitMQ run")
+        assert set(e2e.runs().values()) == {1}
+        assert len(e2e.runs()) == 66
