@@ -49,6 +49,17 @@ class StepDefinition:
     only_if: Condition | None = None
     on_exception: ExceptionPolicy | None = None
     anonymous: bool = False
+    #: The class attribute holding the step's method (``None`` for a step given as a
+    #: callable): a subclass that overrides the method changes what the step runs.
+    attribute: str | None = None
+
+    def perform(self, workflow: Any) -> Any:
+        """Run the step's code for ``workflow``; an override in its class wins."""
+        if self.attribute is not None:
+            method = getattr(type(workflow), self.attribute, None)
+            if callable(method):
+                return method(workflow)
+        return self.function(workflow)
 
     def describe_source(self) -> str:
         """Where the step's code lives, for the UI and error messages."""
@@ -186,30 +197,27 @@ def step(function: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     ``before_step`` / ``after_step`` (the name of a step already defined; not both) and
     ``name``.
     """
-    unknown = sorted(set(options) - _STEP_OPTIONS)
-    if unknown:
-        raise StepConfigurationError(
-            f"unknown step option(s) {', '.join(unknown)}; "
-            f"valid options are {', '.join(sorted(_STEP_OPTIONS))}"
-        )
     if function is None:
 
         def decorator(function: Callable[..., Any]) -> Any:
-            return _add_step(_class_namespace("@step"), function, options)
+            return _add_step(_class_namespace("@step"), function, options, "@step")
 
         return decorator
-    if not callable(function):
-        raise StepConfigurationError(
-            f"step() takes a callable (a method or a function of the workflow), got {function!r}"
-        )
-    return _add_step(_class_namespace("step()"), function, options)
+    return _add_step(_class_namespace("step()"), function, options, "step()")
 
 
 def _add_step(
-    namespace: dict[str, Any], function: Callable[..., Any], options: dict[str, Any]
+    namespace: dict[str, Any],
+    function: Callable[..., Any],
+    options: dict[str, Any],
+    statement: str,
 ) -> _StepMarker:
+    # Unknown options are reported when the class is built, with the step's name.
     if not callable(function):
-        raise StepConfigurationError(f"@step must decorate a method, got {function!r}")
+        raise StepConfigurationError(
+            f"{namespace['__qualname__']}: {statement} takes a method or a callable(workflow), "
+            f"got {function!r}"
+        )
     marker = _StepMarker(function)
     _record(namespace, _StepRecord(function=function, marker=marker, options=options))
     return marker
@@ -222,10 +230,11 @@ def cancel_if(*conditions: Condition) -> None:
     statement can be repeated; every condition is checked before every step.
     """
     namespace = _class_namespace("cancel_if()")
+    where = namespace["__qualname__"]
     if not conditions:
-        raise StepConfigurationError("cancel_if() needs at least one condition")
+        raise StepConfigurationError(f"{where}: cancel_if() needs at least one condition")
     for condition in conditions:
-        _check_condition_shape(condition, "cancel_if")
+        _check_condition_shape(condition, f"{where}: cancel_if")
     _record(namespace, _CancelIfRecord(conditions=conditions))
 
 
@@ -245,28 +254,35 @@ def on_exception(
     pauses.
     """
     namespace = _class_namespace("on_exception()")
+    where = namespace["__qualname__"]
     for exception_class in exception_classes:
         if not (isinstance(exception_class, type) and issubclass(exception_class, BaseException)):
             raise StepConfigurationError(
-                f"on_exception() takes exception classes, got {exception_class!r}"
+                f"{where}: on_exception() takes exception classes, got {exception_class!r}"
             )
     if action is not None:
-        policy = make_policy(
-            action, wait=wait, max_reattempts=max_reattempts, terminal_action=terminal_action
-        )
+        try:
+            policy = make_policy(
+                action, wait=wait, max_reattempts=max_reattempts, terminal_action=terminal_action
+            )
+        except StepConfigurationError as error:
+            raise StepConfigurationError(f"{where}: on_exception(): {error}") from None
         _record(namespace, _PolicyRecord(exception_classes, policy, decorator_applied=True))
         return None
     if wait is not None or max_reattempts is not UNSET or terminal_action is not UNSET:
         raise StepConfigurationError(
-            "on_exception() used as a handler decorator takes no wait, max_reattempts or "
-            "terminal_action: the handler decides by calling a flow-control method"
+            f"{where}: on_exception() used as a handler decorator takes no wait, "
+            f"max_reattempts or terminal_action: the handler decides by calling a "
+            f"flow-control method (or give action= to make it a class-level policy)"
         )
     record = _PolicyRecord(exception_classes, None)
     _record(namespace, record)
 
     def decorator(handler: Callable[[Any, BaseException], Any]) -> Callable[..., Any]:
         if not callable(handler):
-            raise StepConfigurationError(f"@on_exception must decorate a method, got {handler!r}")
+            raise StepConfigurationError(
+                f"{where}: @on_exception must decorate a method (self, exc), got {handler!r}"
+            )
         record.policy = ExceptionPolicy(handler)
         record.decorator_applied = True
         return handler
@@ -338,17 +354,30 @@ def _build_step(
         raise StepConfigurationError(
             f"{where}: a step name must be a valid identifier, got {name!r}"
         )
-    # Put the plain function back on the class so that wf.method() keeps working.
-    for attribute, value in list(cls.__dict__.items()):
-        if value is record.marker:
-            setattr(cls, attribute, function)
     here = f"{where}.{name}"
+    unknown = sorted(set(options) - _STEP_OPTIONS)
+    if unknown:
+        raise StepConfigurationError(
+            f"{here}: unknown step option(s) {', '.join(unknown)}; "
+            f"valid options are {', '.join(sorted(_STEP_OPTIONS))}"
+        )
+    # Put the plain function back on the class so that wf.method() keeps working.
+    holders = [attribute for attribute, value in cls.__dict__.items() if value is record.marker]
+    reserved = _workflow_base(cls)
+    for attribute in holders:
+        if reserved is not None and hasattr(reserved, attribute):
+            raise StepConfigurationError(
+                f"{here}: the method name {attribute!r} is taken by geneva.Workflow itself; "
+                f"rename the method (or give the step name= and another method name)"
+            )
+        setattr(cls, attribute, function)
     if definition.get_step(name) is not None:
         raise StepConfigurationError(
             f"{here}: a step named {name!r} is already defined "
             f"(steps so far: {', '.join(definition.step_names)})"
         )
-    wait = to_timedelta(options.pop("wait", None) or 0, f"{here}: wait")
+    raw_wait = options.pop("wait", None)
+    wait = to_timedelta(0 if raw_wait is None else raw_wait, f"{here}: wait")
     skip_if = options.pop("skip_if", None)
     only_if = options.pop("only_if", None)
     if skip_if is not None and only_if is not None:
@@ -383,6 +412,7 @@ def _build_step(
         only_if=only_if,
         on_exception=policy,
         anonymous=anonymous,
+        attribute=holders[0] if holders else None,
     )
     anchor = before if before is not None else after
     if anchor is None:
@@ -396,6 +426,11 @@ def _build_step(
         )
     index = definition.step_names.index(anchor) + (0 if before is not None else 1)
     definition.steps.insert(index, definition_step)
+
+
+def _workflow_base(cls: type) -> type | None:
+    """``geneva.Workflow`` for a workflow class: the names its step methods must not take."""
+    return next((base for base in cls.__mro__ if "_geneva_base" in base.__dict__), None)
 
 
 def _check_condition_target(cls: type, condition: Any, where: str, option: str) -> None:
@@ -422,7 +457,7 @@ def _build_job_options(cls: type, inherited: dict[str, Any], where: str) -> dict
             raise StepConfigurationError(
                 f"{where}: step_job_options[{key!r}] must be a {expected.__name__}, got {value!r}"
             )
-        if key == "time_limit" and value <= 0:
+        if key == "time_limit" and isinstance(value, int) and value <= 0:
             raise StepConfigurationError(
                 f"{where}: step_job_options['time_limit'] is in milliseconds and must be > 0"
             )

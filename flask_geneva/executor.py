@@ -279,7 +279,7 @@ def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepRe
     workflow.__dict__["_geneva_running"] = execution
     try:
         try:
-            step.function(workflow)
+            step.perform(workflow)
         except FlowControlSignal as raised:
             signal = raised
         if json_snapshot(workflow.data) != snapshot:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.mutable import MutableDict
-from sqlalchemy.orm import Mapper, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Mapper, mapped_column, relationship
 
 from flask_geneva import dsl
 from flask_geneva.errors import StepConfigurationError
@@ -90,20 +90,20 @@ class WorkflowMixin:
 
     # Mapped attributes, declared here for type checkers (see build_models).
     if TYPE_CHECKING:
-        id: Any
-        workflow_class: str
-        state: WorkflowState
-        hero_type: str | None
-        hero_id: str | None
-        data: dict[str, Any]
-        next_step_name: str | None
-        current_step_name: str | None
-        previous_step_name: str | None
-        execution_count: int
-        created_at: datetime
-        updated_at: datetime
-        transitioned_at: datetime | None
-        execution_history: list[Any]
+        id: Mapped[Any]
+        workflow_class: Mapped[str]
+        state: Mapped[WorkflowState]
+        hero_type: Mapped[str | None]
+        hero_id: Mapped[str | None]
+        data: Mapped[dict[str, Any]]
+        next_step_name: Mapped[str | None]
+        current_step_name: Mapped[str | None]
+        previous_step_name: Mapped[str | None]
+        execution_count: Mapped[int]
+        created_at: Mapped[datetime]
+        updated_at: Mapped[datetime]
+        transitioned_at: Mapped[datetime | None]
+        execution_history: Mapped[list[Any]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         if "_geneva_base" not in cls.__dict__:
@@ -349,7 +349,7 @@ def build_models(geneva: Geneva, db: Any, uuid_primary_keys: bool) -> tuple[Any,
     ongoing = [state.value for state in ONGOING_STATES]
     active = [state.value for state in ACTIVE_STEP_STATES]
 
-    class StepExecution(db.Model):  # type: ignore[name-defined,misc]
+    class StepExecution(db.Model):
         """One attempt to run one step: the idempotency record and the audit trail."""
 
         __tablename__ = EXECUTIONS_TABLE
@@ -428,31 +428,39 @@ def build_models(geneva: Geneva, db: Any, uuid_primary_keys: bool) -> tuple[Any,
                 f"{'/' + str(self.outcome) if self.outcome else ''}>"
             )
 
-    class Workflow(WorkflowMixin, db.Model):  # type: ignore[name-defined,misc]
+    class Workflow(WorkflowMixin, db.Model):
         """The base of every workflow class (single-table inheritance)."""
 
         __tablename__ = WORKFLOWS_TABLE
         _geneva_base = True
 
         id = key_column()
-        workflow_class = mapped_column(sa.String(_NAME_LENGTH), nullable=False)
-        state = mapped_column(
+        workflow_class: Mapped[str] = mapped_column(sa.String(_NAME_LENGTH), nullable=False)
+        state: Mapped[WorkflowState] = mapped_column(
             _enum_type(WorkflowState, "geneva_workflow_state"),
             nullable=False,
             default=WorkflowState.READY,
         )
-        hero_type = mapped_column(sa.String(_NAME_LENGTH), nullable=True)
-        hero_id = mapped_column(sa.String(_NAME_LENGTH), nullable=True)
-        data = mapped_column(MutableDict.as_mutable(sa.JSON()), nullable=False, default=dict)
-        next_step_name = mapped_column(sa.String(_NAME_LENGTH), nullable=True)
-        current_step_name = mapped_column(sa.String(_NAME_LENGTH), nullable=True)
-        previous_step_name = mapped_column(sa.String(_NAME_LENGTH), nullable=True)
+        hero_type: Mapped[str | None] = mapped_column(sa.String(_NAME_LENGTH), nullable=True)
+        hero_id: Mapped[str | None] = mapped_column(sa.String(_NAME_LENGTH), nullable=True)
+        data: Mapped[dict[str, Any]] = mapped_column(
+            MutableDict.as_mutable(sa.JSON()), nullable=False, default=dict
+        )
+        next_step_name: Mapped[str | None] = mapped_column(
+            sa.String(_NAME_LENGTH), nullable=True
+        )
+        current_step_name: Mapped[str | None] = mapped_column(
+            sa.String(_NAME_LENGTH), nullable=True
+        )
+        previous_step_name: Mapped[str | None] = mapped_column(
+            sa.String(_NAME_LENGTH), nullable=True
+        )
         #: Copied from the class at creation: the unique index only covers rows without it.
         allow_multiple_flag = mapped_column(
             "allow_multiple", sa.Boolean, nullable=False, default=False
         )
         #: How many executions the workflow has had; numbers the next one.
-        execution_count = mapped_column(sa.Integer, nullable=False, default=0)
+        execution_count: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
         created_at = timestamp(nullable=False)
         updated_at = timestamp(nullable=False)
         transitioned_at = timestamp()
@@ -485,7 +493,7 @@ def build_models(geneva: Geneva, db: Any, uuid_primary_keys: bool) -> tuple[Any,
             sa.Index("geneva_workflows_transitioned", "state", "transitioned_at"),
         )
 
-    class OutboxMessage(db.Model):  # type: ignore[name-defined,misc]
+    class OutboxMessage(db.Model):
         """A step message waiting to be published to the broker.
 
         Written in the transaction that schedules the step; removed in the transaction

@@ -38,7 +38,7 @@ def _lock(workflow: Any, action: str, allowed: tuple[WorkflowState, ...]) -> Ses
             f"cannot {action} {_describe(workflow)}: it is {locked.state}, and {action}() "
             f"needs it {allowed_text}"
         )
-    return session  # type: ignore[no-any-return]
+    return session
 
 
 def _scheduled_execution(session: Session, workflow: Any) -> Any:

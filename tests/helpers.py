@@ -1,0 +1,63 @@
+"""Small readers the tests share: what a workflow's executions and notes look like now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from tests.models import Note, db, geneva
+
+
+def history(workflow: Any) -> list[tuple[str, str, str | None]]:
+    """``(step_name, state, outcome)`` of every execution of ``workflow``, oldest first."""
+    model = geneva.StepExecution
+    rows = db.session.execute(
+        sa.select(model.step_name, model.state, model.outcome)
+        .where(model.workflow_id == workflow.id)
+        .order_by(model.sequence)
+    )
+    return [
+        (name, str(state), None if outcome is None else str(outcome))
+        for name, state, outcome in rows
+    ]
+
+
+def executions(workflow: Any) -> list[Any]:
+    """Every execution of ``workflow``, oldest first, loaded fresh."""
+    model = geneva.StepExecution
+    return list(
+        db.session.scalars(
+            sa.select(model)
+            .where(model.workflow_id == workflow.id)
+            .order_by(model.sequence)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def scheduled_execution(workflow: Any) -> Any:
+    """The workflow's ``scheduled`` execution, or None."""
+    model = geneva.StepExecution
+    return db.session.scalars(
+        sa.select(model)
+        .where(model.workflow_id == workflow.id, model.state == "scheduled")
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
+def outbox_rows(workflow: Any) -> list[Any]:
+    """The outbox rows of ``workflow`` (messages waiting to be published)."""
+    model = geneva.OutboxMessage
+    return list(db.session.scalars(sa.select(model).where(model.workflow_id == workflow.id)))
+
+
+def note_texts() -> list[str]:
+    """The text of every ``Note`` row, in insertion order."""
+    return list(db.session.scalars(sa.select(Note.text).order_by(Note.id)))
+
+
+def reload(workflow: Any) -> Any:
+    """Throw away what the session knows and load ``workflow`` again."""
+    db.session.expire_all()
+    return db.session.get(geneva.Workflow, workflow.id)
