@@ -18,8 +18,17 @@ ROOT = Path(__file__).resolve().parent.parent
 class WorkerProcesses:
     """``dramatiq tests.e2e_app:broker`` with its own environment; stop() kills it."""
 
-    def __init__(self, env: dict[str, str], processes: int = 2, threads: int = 4) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        processes: int = 2,
+        threads: int = 4,
+        module: str = "tests.e2e_app:broker",
+        queue: str | None = None,
+    ) -> None:
         self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.module = module
+        self.queue = queue or self.env["E2E_QUEUE"]
         self.processes = processes
         self.threads = threads
         self.lines: list[str] = []
@@ -29,9 +38,9 @@ class WorkerProcesses:
     def start(self, timeout: float = 60.0) -> WorkerProcesses:
         self.popen = subprocess.Popen(
             [
-                sys.executable, "-m", "dramatiq", "tests.e2e_app:broker",
+                sys.executable, "-m", "dramatiq", self.module,
                 "--processes", str(self.processes), "--threads", str(self.threads),
-                "--queues", self.env["E2E_QUEUE"],
+                "--queues", self.queue,
             ],
             cwd=ROOT,
             env=self.env,

@@ -239,6 +239,6 @@ def test_workflows_run_on_rabbitmq(pg_database_url: str) -> None:
     for e2e in _e2e(pg_database_url, AMQP_URL):
         e2e.start_workers()
         ids = _create(ThreeStepWorkflow, 20) + _create(WaitingWorkflow, 2)
-        wait_until(lambda e2e=e2e: e2e.all_finished(ids), timeout=90, message="RabbitMQ run")
+        wait_until(lambda e2e=e2e, ids=ids: e2e.all_finished(ids), timeout=90, message="AMQP")
         assert set(e2e.runs().values()) == {1}
         assert len(e2e.runs()) == 66

@@ -1,0 +1,278 @@
+"""The transactional outbox and its relay, on SQLite and PostgreSQL.
+
+The broker here is the app's in-process ``memory://`` broker, so what was published can be
+read back from its queue; the real-broker runs are in ``test_e2e_workers.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_geneva import step
+from flask_geneva.executor import execute_step
+from flask_geneva.timeutil import utcnow
+from tests.e2e_support import wait_until
+from tests.models import db, geneva
+
+#: Runs a test on PostgreSQL only (LISTEN/NOTIFY and server-side connection kills).
+postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+class Quick(geneva.Workflow):
+    may_proceed_without_hero = True
+
+    @step
+    def first(self) -> None:
+        pass
+
+    @step(wait=timedelta(minutes=5))
+    def later(self) -> None:
+        pass
+
+
+class SoonWorkflow(geneva.Workflow):
+    may_proceed_without_hero = True
+
+    @step(wait=timedelta(milliseconds=400))
+    def soon(self) -> None:
+        pass
+
+
+def published(app: Flask) -> list[Any]:
+    """The execution ids of the step messages waiting in the memory broker's queue."""
+    state = app.extensions["geneva"]
+    queue = state.broker.queues[state.config.default_queue]
+    return [dramatiq.Message.decode(data).args[0] for data in list(queue.queue)]
+
+
+def outbox_rows() -> list[Any]:
+    db.session.rollback()
+    return list(db.session.execute(sa.select(geneva.OutboxMessage.__table__)).all())
+
+
+def test_a_step_due_at_once_is_published_right_after_commit(app: Flask) -> None:
+    workflow = Quick.create()
+    execution_id = workflow.current_execution.id
+    assert published(app) == []  # nothing before the commit
+    db.session.commit()
+    assert published(app) == [execution_id]
+    assert [row.execution_id for row in outbox_rows()] == [execution_id]
+
+
+def test_a_rolled_back_step_is_never_published(app: Flask) -> None:
+    Quick.create()
+    db.session.rollback()
+    assert published(app) == []
+    assert outbox_rows() == []
+    assert app.extensions["geneva"].relay.publish_due(utcnow() + timedelta(days=1)) == 0
+    assert published(app) == []
+
+
+def test_claiming_an_execution_removes_its_outbox_row(app: Flask) -> None:
+    workflow = Quick.create()
+    db.session.commit()
+    execute_step(geneva, workflow.current_execution.id)
+    rows = outbox_rows()
+    db.session.refresh(workflow)
+    # Only the later step's row is left; the claimed one went with the claim.
+    assert [row.execution_id for row in rows] == [workflow.current_execution.id]
+
+
+def test_a_later_step_is_published_by_the_relay_when_due(app: Flask) -> None:
+    relay = app.extensions["geneva"].relay
+    workflow = Quick.create()
+    db.session.commit()
+    execute_step(geneva, workflow.current_execution.id)
+    db.session.refresh(workflow)
+    later = workflow.current_execution
+    before = len(published(app))
+    assert relay.publish_due(later.scheduled_for - timedelta(seconds=1)) == 0
+    assert relay.publish_due(later.scheduled_for) == 1
+    assert published(app)[before:] == [later.id]
+    # Published rows stay until claimed, and are not sent again until they look lost.
+    assert relay.publish_due(later.scheduled_for + timedelta(seconds=1)) == 0
+    republish = later.scheduled_for + relay.republish_after + timedelta(seconds=1)
+    assert relay.publish_due(republish) == 1
+    assert [row.publish_count for row in outbox_rows()] == [2]
+
+
+def test_the_relay_covers_a_fast_path_that_failed(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = app.extensions["geneva"]
+    real_publish = state.publish
+
+    def broker_down(*args: Any, **kwargs: Any) -> str:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(state, "publish", broker_down)
+    workflow = Quick.create()
+    db.session.commit()  # the fast path fails; the commit does not
+    assert published(app) == []
+    monkeypatch.setattr(state, "publish", real_publish)
+    created = outbox_rows()[0].created_at
+    relay = state.relay
+    assert relay.publish_due(utcnow()) == 0  # still within the fast path's grace period
+    assert relay.publish_due(created + relay.grace_period + timedelta(seconds=1)) == 1
+    assert published(app) == [workflow.current_execution.id]
+
+
+def test_a_broker_refusal_releases_the_rows_for_the_next_pass(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = app.extensions["geneva"]
+    workflow = Quick.create()
+    db.session.commit()
+    execute_step(geneva, workflow.current_execution.id)
+    db.session.refresh(workflow)
+    due = workflow.current_execution.scheduled_for
+    real_publish = state.publish
+
+    def broker_down(*args: Any, **kwargs: Any) -> str:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(state, "publish", broker_down)
+    with pytest.raises(RuntimeError, match="refused 1 step message"):
+        state.relay.publish_due(due)
+    assert [row.published_at for row in outbox_rows()] == [None]
+    monkeypatch.setattr(state, "publish", real_publish)
+    assert state.relay.publish_due(due) == 1
+
+
+def test_pause_withdraws_the_message_and_resume_publishes_it_again(app: Flask) -> None:
+    workflow = Quick.create()
+    db.session.commit()
+    workflow.pause()
+    db.session.commit()
+    assert outbox_rows() == []
+    workflow.resume()
+    db.session.commit()
+    assert [row.execution_id for row in outbox_rows()] == [workflow.current_execution.id]
+    assert published(app)[-1] == workflow.current_execution.id
+
+
+def test_the_relay_thread_wakes_when_a_later_step_is_due(app: Flask) -> None:
+    """The relay sleeps until the earliest due time (or a NOTIFY), not a fixed poll."""
+    state = app.extensions["geneva"]
+    state.start_relay()
+    try:
+        workflow = SoonWorkflow.create()
+        db.session.commit()
+        execution = workflow.current_execution
+        due = execution.scheduled_for
+        seen: dict[str, float] = {}
+
+        def arrived() -> bool:
+            if execution.id in published(app):
+                seen["at"] = time.time()
+                return True
+            return False
+
+        wait_until(arrived, timeout=10, message="the relay to publish the later step")
+        lateness = seen["at"] - due.timestamp()
+        assert lateness >= -0.05
+        # Both poll intervals are ≥ 1 s: publishing well inside that means it woke on time.
+        assert lateness < 0.9
+    finally:
+        state.stop_relay()
+
+
+@postgresql_only
+def test_the_relay_thread_hears_rows_committed_by_another_process(
+    app: Flask, database_url: str
+) -> None:
+    """On PostgreSQL a NOTIFY from any connection wakes it (SQLite relies on its poll)."""
+    state = app.extensions["geneva"]
+    state.start_relay()
+    try:
+        wait_until(lambda: state.relay._listener is not None, message="the LISTEN connection")
+        # Schedule through a second engine, as another process would: no in-process wake.
+        other = sa.create_engine(database_url)
+        now = utcnow()
+        due = now + timedelta(milliseconds=300)
+        with other.begin() as connection:
+            workflow_id = connection.execute(
+                geneva.Workflow.__table__.insert()
+                .values(
+                    workflow_class="SoonWorkflow", state="ready", data={}, allow_multiple=False,
+                    execution_count=1, created_at=now, updated_at=now, next_step_name="soon",
+                )
+                .returning(geneva.Workflow.__table__.c.id)
+            ).scalar_one()
+            execution_id = connection.execute(
+                geneva.StepExecution.__table__.insert()
+                .values(
+                    workflow_id=workflow_id, sequence=1, step_name="soon", state="scheduled",
+                    scheduled_for=due, created_at=now,
+                )
+                .returning(geneva.StepExecution.__table__.c.id)
+            ).scalar_one()
+            connection.execute(
+                geneva.OutboxMessage.__table__.insert().values(
+                    execution_id=execution_id, workflow_id=workflow_id, queue_name="geneva",
+                    priority=0, available_at=due, publish_count=0, created_at=now,
+                )
+            )
+            connection.execute(sa.select(sa.func.pg_notify("geneva_outbox", "new")))
+        other.dispose()
+        wait_until(lambda: execution_id in published(app), timeout=10, message="the NOTIFY")
+        assert time.time() - due.timestamp() < 0.9
+    finally:
+        state.stop_relay()
+
+
+@postgresql_only
+def test_the_relay_survives_a_database_outage(app: Flask, database_url: str) -> None:
+    state = app.extensions["geneva"]
+    state.start_relay()
+    try:
+        wait_until(lambda: state.relay._listener is not None, message="the LISTEN connection")
+        db.session.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        db.session.commit()
+        workflow = SoonWorkflow.create()
+        db.session.commit()
+        execution_id = workflow.current_execution.id
+        wait_until(lambda: execution_id in published(app), timeout=30, message="recovery")
+        assert state.relay.running
+    finally:
+        state.stop_relay()
+
+
+def test_several_relays_never_publish_a_row_twice(app: Flask, database_url: str) -> None:
+    workflows = [Quick.create() for _ in range(40)]
+    db.session.commit()
+    for workflow in workflows:
+        execute_step(geneva, workflow.current_execution.id)
+    due = utcnow() + timedelta(minutes=6)
+    state = app.extensions["geneva"]
+    before = len(published(app))
+    counts: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def relay_pass() -> None:
+        with app.app_context():
+            barrier.wait()
+            counts.append(state.relay.publish_due(due))
+            db.session.remove()
+
+    threads = [threading.Thread(target=relay_pass) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(counts) == 40
+    assert len(published(app)) - before == 40
+    assert len(set(published(app)[before:])) == 40
