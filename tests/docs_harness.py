@@ -158,15 +158,40 @@ def _signal_receivers() -> dict[Any, set[Any]]:
     }
 
 
+def _logging_state() -> dict[str, tuple[bool, int, list[logging.Handler], bool]]:
+    """Every logger's configuration (Alembic's ``fileConfig`` changes them, for one)."""
+    loggers: dict[str, logging.Logger] = {"": logging.getLogger()}
+    for name, candidate in logging.Logger.manager.loggerDict.items():
+        if isinstance(candidate, logging.Logger):
+            loggers[name] = candidate
+    return {
+        name: (logger.disabled, logger.level, list(logger.handlers), logger.propagate)
+        for name, logger in loggers.items()
+    }
+
+
+def _restore_logging(state: dict[str, tuple[bool, int, list[logging.Handler], bool]]) -> None:
+    for name, candidate in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(candidate, logging.Logger) and name not in state:
+            candidate.handlers.clear()
+            candidate.setLevel(logging.NOTSET)
+            candidate.disabled = False
+            candidate.propagate = True
+    for name, (disabled, level, handlers, propagate) in state.items():
+        logger = logging.getLogger(name or None)
+        logger.disabled = disabled
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
 @contextlib.contextmanager
 def _isolated(workdir: Path) -> Iterator[None]:
     """Run in ``workdir`` (on sys.path); undo modules, signal receivers and log handlers."""
     previous_cwd = Path.cwd()
     modules_before = set(sys.modules)
     receivers_before = _signal_receivers()
-    geneva_logger = logging.getLogger("flask_geneva")
-    handlers_before = list(geneva_logger.handlers)
-    level_before = geneva_logger.level
+    logging_before = _logging_state()
     os.chdir(workdir)
     sys.path.insert(0, str(workdir))
     try:
@@ -186,8 +211,7 @@ def _isolated(workdir: Path) -> Iterator[None]:
                     receiver = receiver()
                 if receiver is not None:
                     sig.disconnect(receiver)
-        geneva_logger.handlers[:] = handlers_before
-        geneva_logger.setLevel(level_before)
+        _restore_logging(logging_before)
 
 
 def _stop_embedded_workers(namespace: dict[str, Any]) -> None:
