@@ -108,8 +108,10 @@ def create_app(
         SQLALCHEMY_DATABASE_URI=database_url or os.environ["E2E_DATABASE_URL"],
         GENEVA_BROKER_URL=broker_url or os.environ.get("E2E_BROKER_URL", "memory://"),
         GENEVA_DEFAULT_QUEUE=queue or os.environ.get("E2E_QUEUE", "geneva"),
-        GENEVA_RELAY_GRACE_PERIOD=timedelta(seconds=1),
-        GENEVA_RELAY_REPUBLISH_AFTER=timedelta(seconds=2),
+        GENEVA_RELAY_GRACE_PERIOD=timedelta(seconds=float(os.environ.get("E2E_GRACE_S", "1"))),
+        GENEVA_RELAY_REPUBLISH_AFTER=timedelta(
+            seconds=float(os.environ.get("E2E_REPUBLISH_S", "2"))
+        ),
         GENEVA_WORKER_IDLE_TIMEOUT_MS=20,
         TESTING=True,
     )

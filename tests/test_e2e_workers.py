@@ -242,3 +242,85 @@ def test_workflows_run_on_rabbitmq(pg_database_url: str) -> None:
         wait_until(lambda e2e=e2e, ids=ids: e2e.all_finished(ids), timeout=90, message="AMQP")
         assert set(e2e.runs().values()) == {1}
         assert len(e2e.runs()) == 66
+
+
+@pytest.fixture
+def private_redis(tmp_path: Any) -> Iterator[Any]:
+    """A Redis server of this test's own, so it can be killed and restarted."""
+    import shutil
+    import socket
+    import subprocess
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is required for the broker outage test")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    class PrivateRedis:
+        url = f"redis://127.0.0.1:{port}/0"
+        process: subprocess.Popen[bytes] | None = None
+
+        def start(self) -> None:
+            self.process = subprocess.Popen(
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(tmp_path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            client = redis.Redis.from_url(self.url)
+            wait_until(lambda: _pings(client), timeout=20, message="the private Redis")
+
+        def kill(self) -> None:
+            if self.process is not None:
+                self.process.kill()
+                self.process.wait(timeout=20)
+
+    private = PrivateRedis()
+    private.start()
+    yield private
+    private.kill()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_workers_and_relays_survive_a_broker_outage(
+    pg_database_url: str, private_redis: Any
+) -> None:
+    for e2e in _e2e(pg_database_url, private_redis.url):
+        workers = e2e.start_workers()
+        ids = _create(WaitingWorkflow, 20)
+        wait_until(lambda e2e=e2e: len(e2e.runs()) >= 20, message="the first steps")
+        private_redis.kill()
+        wait_until(
+            lambda workers=workers: "Connection" in workers.output(),
+            timeout=60,
+            message="the workers to notice the outage",
+        )
+        private_redis.start()
+        wait_until(
+            lambda e2e=e2e, ids=ids: e2e.all_finished(ids), timeout=120, message="recovery"
+        )
+        assert workers.popen is not None and workers.popen.poll() is None
+        assert set(e2e.runs().values()) == {1}
+
+
+def test_workers_survive_a_database_outage(e2e: E2E) -> None:
+    workers = e2e.start_workers()
+    ids = _create(WaitingWorkflow, 20)
+    wait_until(lambda: len(e2e.runs()) >= 20, message="the first steps")
+    db.session.execute(
+        sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    )
+    db.session.commit()
+    wait_until(lambda: e2e.all_finished(ids), timeout=120, message="the workflows to finish")
+    assert workers.popen is not None and workers.popen.poll() is None
+    assert set(e2e.runs().values()) == {1}

@@ -276,3 +276,47 @@ def test_several_relays_never_publish_a_row_twice(app: Flask, database_url: str)
     assert sum(counts) == 40
     assert len(published(app)) - before == 40
     assert len(set(published(app)[before:])) == 40
+
+
+class CriticalWorkflow(geneva.Workflow):
+    may_proceed_without_hero = True
+    step_job_options = {"queue_name": "critical", "priority": 5, "time_limit": 30_000}
+
+    @step
+    def urgent(self) -> None:
+        pass
+
+
+def test_step_job_options_choose_the_queue_priority_and_time_limit(app: Flask) -> None:
+    state = app.extensions["geneva"]
+    workflow = CriticalWorkflow.create()
+    db.session.commit()
+    queue = state.broker.queues["critical"]
+    messages = [dramatiq.Message.decode(data) for data in list(queue.queue)]
+    assert [m.args[0] for m in messages] == [workflow.current_execution.id]
+    message = messages[0]
+    assert message.options["time_limit"] == 30_000
+    actor = state.broker.get_actor(message.actor_name)
+    assert actor.priority == 5
+    # The relay sends it the same way.
+    execute_step(geneva, workflow.current_execution.id)
+    row = {"queue_name": "critical", "priority": 5, "time_limit_ms": 30_000}
+    assert state.message_options_for(CriticalWorkflow) == tuple(row.values())
+
+
+@pytest.mark.parametrize("relay_in_workers", [True, False])
+def test_worker_processes_run_the_relay_unless_told_not_to(
+    database_url: str, relay_in_workers: bool
+) -> None:
+    from tests.conftest import make_app
+
+    app = make_app(database_url, GENEVA_RELAY_IN_WORKERS=relay_in_workers)
+    state = app.extensions["geneva"]
+    worker = dramatiq.Worker(state.broker, worker_threads=1)
+    worker.start()
+    try:
+        assert state.relay.running is relay_in_workers
+        assert worker.worker_timeout == state.config.worker_idle_timeout_ms
+    finally:
+        worker.stop()
+    assert not state.relay.running
