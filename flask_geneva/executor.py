@@ -135,6 +135,9 @@ class _Claim:
     execution: Any
     step: StepDefinition
     definition: WorkflowDefinition
+    #: Set when a precondition raised and an imperative handler must decide: the body
+    #: does not run, the handler runs outside the lock like the body would.
+    precondition_error: BaseException | None = None
 
 
 def _claim(
@@ -209,15 +212,20 @@ def _claim(
         verdict, error = _check_preconditions(workflow, step, definition)
     finally:
         workflow.__dict__.pop("_geneva_running", None)
-    if verdict == "passed":
+    policy: ExceptionPolicy | None = None
+    if verdict == "exception":
+        assert error is not None
+        policy = resolve_policy(step.on_exception, definition.class_policies, error)
+    if verdict == "passed" or (policy is not None and policy.handler is not None):
         execution.state = StepState.IN_PROGRESS
         workflow.state = WorkflowState.PERFORMING
         workflow.current_step_name = step.name
         workflow.updated_at = now
         transitions.withdraw(session, workflow, execution)
         _commit_keeping_objects(session)
-        _send(signals.precondition_checked, workflow, execution, "passed", None, started)
-        return _Claim(workflow, execution, step, definition)
+        if verdict == "passed":
+            _send(signals.precondition_checked, workflow, execution, "passed", None, started)
+        return _Claim(workflow, execution, step, definition, precondition_error=error)
 
     if verdict == "canceled":
         transitions.end_execution(execution, StepState.CANCELED, StepOutcome.CANCELED, now)
@@ -227,12 +235,8 @@ def _claim(
         workflow.previous_step_name = step.name
         transitions.advance(session, workflow, definition, step.name, now)
     else:
-        assert error is not None
-        policy = resolve_policy(step.on_exception, definition.class_policies, error)
-        handler_signal, error = _run_handler(workflow, execution, policy, error)
-        _apply_failure(
-            session, workflow, execution, step, definition, policy, error, handler_signal, now
-        )
+        assert error is not None and policy is not None
+        _apply_failure(session, workflow, execution, step, definition, policy, error, None, now)
     transitions.withdraw(session, workflow, execution)
     session.commit()
     log.info("precondition ended execution %s: %s", execution.id, verdict)
@@ -272,39 +276,19 @@ def _check_preconditions(
 def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepResult | None:
     workflow, execution, step = claim.workflow, claim.execution, claim.step
     log = workflow_logger(workflow, execution)
-    snapshot = json_snapshot(workflow.data)
     signal: FlowControlSignal | None = None
-    error: BaseException | None = None
-    body_started = time.perf_counter()
-    workflow.__dict__["_geneva_running"] = execution
-    try:
-        try:
-            step.perform(workflow)
-        except FlowControlSignal as raised:
-            signal = raised
-        if json_snapshot(workflow.data) != snapshot:
-            json.dumps(workflow.data)  # a TypeError here is the step's failure
-            flag_modified(workflow, "data")
-        session.flush()  # the body's own writes: their errors are the step's
-    except STEP_FAILURES as raised:
-        error, signal = raised, None
-    finally:
-        workflow.__dict__.pop("_geneva_running", None)
-    performed = "exception" if error is not None else (signal.outcome if signal else "completed")
-    _send(signals.step_performed, workflow, execution, performed, error, body_started)
+    error: BaseException | None = claim.precondition_error
+    performed = "exception"
+    if error is None:  # a precondition that raised leaves only the handler to run
+        signal, error = _run_body(session, workflow, execution, step)
+        performed = _performed_outcome(signal, error)
 
     policy: ExceptionPolicy | None = None
     handler_signal: FlowControlSignal | None = None
     if error is not None:
         session.rollback()  # the body's writes go; the failure is recorded below
         policy = resolve_policy(step.on_exception, claim.definition.class_policies, error)
-        handler_signal, error = _run_handler(workflow, execution, policy, error)
-        try:
-            session.flush()  # the handler's writes commit with the outcome
-        except sa.exc.SQLAlchemyError as flush_error:
-            session.rollback()
-            flush_error.__context__ = error
-            error, handler_signal = flush_error, None
+        handler_signal, error = _run_handler(session, workflow, execution, policy, error)
 
     try:
         session.flush()
@@ -337,6 +321,9 @@ def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepRe
         return None
     if error is not None:
         log.warning("step failed with %s: %s", type(error).__name__, error)
+    if claim.precondition_error is not None:
+        _send(signals.precondition_checked, workflow, execution, "exception", error, started)
+        return StepResult(execution.id, step.name, "exception", error)
     _send(
         signals.step_finalized,
         workflow,
@@ -348,6 +335,49 @@ def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepRe
         step_state=str(execution.state),
     )
     return StepResult(execution.id, step.name, performed, error)
+
+
+def _run_body(
+    session: Session, workflow: Any, execution: Any, step: StepDefinition
+) -> tuple[FlowControlSignal | None, BaseException | None]:
+    """Run the step body and flush its writes; returns its flow-control call or error."""
+    signal: FlowControlSignal | None = None
+    error: BaseException | None = None
+    body_started = time.perf_counter()
+    workflow.__dict__["_geneva_running"] = execution
+    try:
+        try:
+            snapshot = json_snapshot(workflow.data)
+            step.perform(workflow)
+        except FlowControlSignal as raised:
+            signal = raised
+        _keep_data_changes(workflow, snapshot)
+        session.flush()  # the body's own writes: their errors are the step's
+    except STEP_FAILURES as raised:
+        error, signal = raised, None
+    finally:
+        workflow.__dict__.pop("_geneva_running", None)
+    outcome = _performed_outcome(signal, error)
+    _send(signals.step_performed, workflow, execution, outcome, error, body_started)
+    return signal, error
+
+
+def _performed_outcome(signal: FlowControlSignal | None, error: BaseException | None) -> str:
+    """The ``step_performed`` outcome: ``"completed"``, a flow-control name, or
+    ``"exception"``."""
+    if error is not None:
+        return "exception"
+    return signal.outcome if signal is not None else "completed"
+
+
+def _keep_data_changes(workflow: Any, snapshot: str) -> None:
+    """Mark ``data`` changed when step code changed it in place (nested values too).
+
+    :raises TypeError: the new data is not JSON-serialisable (the step's failure).
+    """
+    if json_snapshot(workflow.data) != snapshot:
+        json.dumps(workflow.data)
+        flag_modified(workflow, "data")
 
 
 def _apply_signal(
@@ -384,25 +414,39 @@ def _apply_signal(
 
 
 def _run_handler(
-    workflow: Any, execution: Any, policy: ExceptionPolicy, error: BaseException
+    session: Session,
+    workflow: Any,
+    execution: Any,
+    policy: ExceptionPolicy,
+    error: BaseException,
 ) -> tuple[FlowControlSignal | None, BaseException]:
-    """Call an imperative handler; returns the flow-control signal it raised (if any) and
-    the error to record (the handler's own, chained to the step's, if it raised one)."""
+    """Call an imperative handler, outside geneva's locks, in a session holding nothing else.
+
+    Returns the flow-control signal it raised (if any) and the error to record. The
+    handler's writes are flushed to commit with the outcome; if the handler itself fails,
+    they are rolled back and its error (chained to the step's) is recorded instead.
+    """
     if policy.handler is None:
         return None, error
+    signal: FlowControlSignal | None = None
     workflow.__dict__["_geneva_running"] = execution
     try:
-        policy.handler(workflow, error)
-    except FlowControlSignal as signal:
-        return signal, error
+        try:
+            snapshot = json_snapshot(workflow.data)
+            policy.handler(workflow, error)
+        except FlowControlSignal as raised:
+            signal = raised
+        _keep_data_changes(workflow, snapshot)
+        session.flush()
     except STEP_FAILURES as handler_error:
+        session.rollback()
         if handler_error.__context__ is None:
             handler_error.__context__ = error
         workflow_logger(workflow, execution).exception("the exception handler itself failed")
         return None, handler_error
     finally:
         workflow.__dict__.pop("_geneva_running", None)
-    return None, error
+    return signal, error
 
 
 def _apply_failure(
@@ -462,20 +506,29 @@ def _apply_failure(
 def _consecutive_policy_reattempts(
     session: Session, workflow: Any, execution: Any, step_name: str
 ) -> int:
-    """How many failed/reattempted executions of this step directly precede this one."""
+    """How many failed/reattempted executions of this step directly precede this one:
+    those after the newest earlier execution that ended any other way."""
     model = type(execution)
-    rows = session.execute(
-        sa.select(model.step_name, model.state, model.outcome)
-        .where(model.workflow_id == workflow.id, model.sequence < execution.sequence)
-        .order_by(model.sequence.desc())
-        .limit(1000)
+    earlier = (model.workflow_id == workflow.id, model.sequence < execution.sequence)
+    last_other_outcome = (
+        sa.select(sa.func.coalesce(sa.func.max(model.sequence), 0))
+        .where(
+            *earlier,
+            sa.or_(
+                model.step_name != step_name,
+                model.state != StepState.FAILED,
+                model.outcome.is_(None),
+                model.outcome != StepOutcome.REATTEMPTED,
+            ),
+        )
+        .scalar_subquery()
     )
-    count = 0
-    for name, state, outcome in rows:
-        if name != step_name or state != StepState.FAILED or outcome != StepOutcome.REATTEMPTED:
-            break
-        count += 1
-    return count
+    count = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(model)
+        .where(*earlier, model.sequence > last_other_outcome)
+    )
+    return int(count or 0)
 
 
 def _commit_keeping_objects(session: Session) -> None:
