@@ -139,6 +139,10 @@ def recover_stuck_executions(
     since = model.started_at if state == StepState.IN_PROGRESS else model.scheduled_for
     recovered = 0
     passed_over: set[Any] = set()  # rows that changed meanwhile or failed: not again
+    # Executions this pass schedules again are created after it started: never take them
+    # for stuck ones (with ``older_than`` in the future they would look overdue at once,
+    # and the pass would go on recovering its own work for ever).
+    pass_started = utcnow()
     while True:
         candidates = session.execute(
             sa.select(model.id, model.workflow_id)
@@ -146,6 +150,7 @@ def recover_stuck_executions(
             .where(
                 model.state == state,
                 since < older_than,
+                model.created_at < pass_started,
                 workflow_model.state != WorkflowState.PAUSED,
                 model.id.not_in(passed_over) if passed_over else sa.true(),
             )

@@ -534,6 +534,15 @@ def build_models(geneva: Geneva, db: Any, uuid_primary_keys: bool) -> tuple[Any,
     base_mapper.polymorphic_map = _FallbackPolymorphicMap(
         base_mapper, dict(base_mapper.polymorphic_map)
     )
+    # A row of a class that is gone loads as the base and keeps its stored identity; saving
+    # it (cancel, housekeeping, a failed claim) must not warn about that identity.
+    validate_identity = base_mapper._validate_polymorphic_identity
+
+    def _validate_known_identity(mapper: Any, state: Any, dict_: Any) -> None:
+        if mapper is not base_mapper and validate_identity is not None:
+            validate_identity(mapper, state, dict_)
+
+    base_mapper._validate_polymorphic_identity = _validate_known_identity
     _aware_timestamps(Workflow, ("created_at", "updated_at", "transitioned_at"))
     event.listen(Workflow, "expire", _forget_hero_on_expire, propagate=True)
     event.listen(Workflow, "refresh", _forget_hero_on_expire, propagate=True)
