@@ -7,12 +7,15 @@ How the examples are run is described in ``tests/docs_harness.py`` (and, for rea
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -221,3 +224,128 @@ def test_the_manual_loads_nothing_from_the_network(built_site: Path) -> None:
         for match in remote.finditer(html.read_text(encoding="utf-8")):
             offenders.append(f"{html.relative_to(built_site)}: {match.group(0)}")
     assert not offenders, "\n".join(offenders[:20])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.e2e
+def test_the_quickstart_runs_with_a_real_worker(tmp_path: Path) -> None:
+    """Follow the quickstart's shell steps: Redis, `dramatiq worker:broker`, `flask run`."""
+    import time
+    import urllib.request
+    import uuid
+
+    page = parse_page(DOCS_DIR / "quickstart.md")
+    for block in page.python_blocks:
+        if block.title:
+            (tmp_path / block.title).write_text(block.code, encoding="utf-8")
+    shell = "\n".join(block.code for block in page.blocks if block.language == "sh")
+    for command in (
+        "flask --app app create-tables",
+        "dramatiq worker:broker --processes 1 --threads 4",
+        "flask --app app run --debug",
+        "curl -X POST -d email=ada@example.com http://localhost:5000/signup",
+        "flask --app app geneva show 1",
+    ):
+        assert command in shell, f"the quickstart no longer says {command!r}"
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path),
+        "FLASK_GENEVA_BROKER_URL": os.environ.get(
+            "GENEVA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
+        ),
+        # A queue of its own, so that no other test's worker takes these messages.
+        "FLASK_GENEVA_DEFAULT_QUEUE": f"docs_quickstart_{uuid.uuid4().hex[:8]}",
+    }
+
+    def flask(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert flask("create-tables").returncode == 0
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "worker:broker",
+            "--processes",
+            "1",
+            "--threads",
+            "4",
+            "--queues",
+            env["FLASK_GENEVA_DEFAULT_QUEUE"],
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    web = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "run", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def get_json(path: str) -> Any:
+        with urllib.request.urlopen(base + path, timeout=5) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/users/0", timeout=1)
+            except urllib.error.HTTPError:
+                break  # the server answers (404: no such user)
+            except OSError:
+                assert time.monotonic() < deadline, "flask run did not start"
+                time.sleep(0.2)
+        request = urllib.request.Request(
+            base + "/signup", data=b"email=ada%40example.com", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            created = json.loads(response.read())
+        deadline = time.monotonic() + 60
+        while get_json(f"/users/{created['user']}")["tips_sent"] != 1:
+            assert worker.poll() is None, "the worker exited"
+            assert time.monotonic() < deadline, "the workflow did not finish in time"
+            time.sleep(0.2)
+        assert get_json(f"/users/{created['user']}") == {
+            "email": "ada@example.com",
+            "tips_sent": 1,
+            "welcomed": True,
+        }
+        shown = flask("geneva", "show", str(created["workflow"]))
+        assert shown.returncode == 0, shown.stderr
+        assert "  state:        finished" in shown.stdout
+        assert "send_welcome -> send_first_tip" in shown.stdout
+    finally:
+        for process in (web, worker):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=30)
