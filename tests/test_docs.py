@@ -341,11 +341,19 @@ def test_the_quickstart_runs_with_a_real_worker(tmp_path: Path) -> None:
         assert "  state:        finished" in shown.stdout
         assert "send_welcome -> send_first_tip" in shown.stdout
     finally:
+        worker_log = ""
         for process in (web, worker):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(timeout=30)
+            try:
+                _, log = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                _, log = process.communicate(timeout=30)
+            if process is worker:
+                worker_log = log
+    # The log lines the quickstart shows.
+    for block in parse_page(DOCS_DIR / "quickstart.md").blocks:
+        if block.language == "text" and "welcoming" in block.code:
+            for expected in block.code.splitlines():
+                assert expected in worker_log, f"{expected!r} not in the worker's log"
