@@ -19,6 +19,7 @@ housekeeping (in progress).
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -77,15 +78,25 @@ def coerce_execution_id(geneva: Any, value: Any) -> Any:
         if isinstance(value, uuid.UUID):
             return value
         if isinstance(value, str):
-            return uuid.UUID(value)
+            try:
+                return uuid.UUID(value.strip())
+            except ValueError:
+                pass
         raise ValueError(f"a step message must carry a UUID as text, got {value!r}")
-    if isinstance(value, bool):
+    key: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        key = value
+    elif isinstance(value, str) and _INTEGER_ID.fullmatch(value.strip()):
+        key = int(value)
+    if key is None or not _MIN_KEY <= key <= _MAX_KEY:
         raise ValueError(f"a step message must carry an integer id, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise ValueError(f"a step message must carry an integer id, got {value!r}")
+    return key
+
+
+#: An integer id as text (ASCII digits only), and the range a BIGINT key can hold.
+_INTEGER_ID: Final = re.compile(r"[+-]?[0-9]{1,19}")
+_MIN_KEY: Final = -(2**63)
+_MAX_KEY: Final = 2**63 - 1
 
 
 def execute_step(

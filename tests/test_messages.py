@@ -1,0 +1,111 @@
+"""Step messages carry a StepExecution id. A message for an unknown id, a malformed id,
+an execution that already ran, or the kept execution of a paused workflow runs nothing
+and raises nothing; it is logged."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+
+from flask_geneva import step
+from flask_geneva.executor import execute_step
+from tests.helpers import history, note_texts, scheduled_execution
+from tests.models import Note, db, geneva
+
+
+class MessageWorkflow(geneva.Workflow):
+    @step
+    def first(self):
+        db.session.add(Note(text="first ran"))
+
+    @step(wait=timedelta(hours=1))
+    def second(self):
+        db.session.add(Note(text="second ran"))
+
+
+@pytest.fixture
+def workflow(app, user):
+    wf = MessageWorkflow.create(hero=user)
+    db.session.commit()
+    return wf
+
+
+def _messages(caplog):
+    return [record.getMessage() for record in caplog.records if record.name == "flask_geneva"]
+
+
+def test_a_message_runs_its_execution(workflow):
+    execution_id = scheduled_execution(workflow).id
+    result = execute_step(geneva, execution_id)
+    assert result is not None
+    assert result.outcome == "completed"
+    assert note_texts() == ["first ran"]
+    assert history(workflow)[0] == ("first", "completed", "success")
+
+
+def test_the_id_may_come_as_text(workflow):
+    execution_id = scheduled_execution(workflow).id
+    assert execute_step(geneva, str(execution_id)) is not None
+    assert note_texts() == ["first ran"]
+
+
+def test_a_second_delivery_runs_nothing(workflow, caplog):
+    execution_id = scheduled_execution(workflow).id
+    execute_step(geneva, execution_id)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="flask_geneva"):
+        assert execute_step(geneva, execution_id) is None
+    assert note_texts() == ["first ran"]
+    assert any(f"execution {execution_id} is already completed" in m for m in _messages(caplog))
+
+
+def test_a_message_for_an_unknown_id_runs_nothing(app, caplog):
+    with caplog.at_level(logging.INFO, logger="flask_geneva"):
+        assert execute_step(geneva, 987654) is None
+    assert any("987654 does not exist" in m for m in _messages(caplog))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, "", "twelve", "12abc", "1.5", 3.5, True, {"id": 1}, [1], 2**70, "99999999999999999999"],
+)
+def test_a_malformed_id_runs_nothing_and_raises_nothing(workflow, caplog, bad):
+    with caplog.at_level(logging.INFO, logger="flask_geneva"):
+        assert execute_step(geneva, bad) is None
+    assert any("malformed step message" in m for m in _messages(caplog))
+    assert history(workflow) == [("first", "scheduled", None)]
+
+
+def test_a_message_for_the_kept_execution_of_a_paused_workflow_runs_nothing(workflow, caplog):
+    kept = scheduled_execution(workflow)
+    workflow.pause()
+    db.session.commit()
+    with caplog.at_level(logging.INFO, logger="flask_geneva"):
+        assert execute_step(geneva, kept.id) is None
+    assert any("workflow is paused" in m for m in _messages(caplog))
+    assert note_texts() == []
+    assert scheduled_execution(workflow).id == kept.id  # still scheduled
+    workflow.resume()
+    db.session.commit()
+    assert execute_step(geneva, kept.id) is not None
+    assert note_texts() == ["first ran"]
+
+
+def test_a_message_for_a_canceled_execution_runs_nothing(workflow):
+    execution_id = scheduled_execution(workflow).id
+    workflow.cancel()
+    db.session.commit()
+    assert execute_step(geneva, execution_id) is None
+    assert note_texts() == []
+
+
+def test_an_early_message_runs_nothing_until_the_execution_is_due(workflow, caplog):
+    execute_step(geneva, scheduled_execution(workflow).id)
+    later = scheduled_execution(workflow)  # "second", due in an hour
+    with caplog.at_level(logging.INFO, logger="flask_geneva"):
+        assert execute_step(geneva, later.id) is None
+    assert any("is not due until" in m for m in _messages(caplog))
+    assert note_texts() == ["first ran"]
+    assert scheduled_execution(workflow).id == later.id
