@@ -43,6 +43,20 @@ def pg_database_url() -> Iterator[str]:
     admin.dispose()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``postgresql_only`` keeps only its PostgreSQL variant."""
+    sqlite_variants = [
+        item
+        for item in items
+        if item.get_closest_marker("postgresql_only") is not None
+        and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("database_url") == "sqlite"
+    ]
+    if sqlite_variants:
+        config.hook.pytest_deselected(items=sqlite_variants)
+        items[:] = [item for item in items if item not in sqlite_variants]
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     if request.param == "sqlite":

@@ -1,0 +1,139 @@
+"""Concurrency on PostgreSQL: the same execution delivered to two workers at once runs
+its body once; two requests creating the same workflow at once end with one."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+
+from flask_geneva import WorkflowAlreadyOngoing, step
+from flask_geneva.executor import execute_step
+from tests.helpers import history, note_texts, scheduled_execution
+from tests.models import Note, User, db, geneva
+
+pytestmark = pytest.mark.postgresql_only
+
+#: How long a thread may wait for the other one before the test fails (seconds).
+DEADLINE = 20
+
+
+def _run_in_threads(app, *targets: Callable[[], object]) -> list[object]:
+    """Run each target in its own thread and app context, released together."""
+    barrier = threading.Barrier(len(targets))
+    results: list[object] = [None] * len(targets)
+
+    def run(index: int, target: Callable[[], object]) -> None:
+        with app.app_context():
+            try:
+                barrier.wait(timeout=DEADLINE)
+                results[index] = target()
+            except BaseException as error:  # reported by the test, not lost in the thread
+                results[index] = error
+            finally:
+                db.session.remove()
+
+    threads = [
+        threading.Thread(target=run, args=(index, target))
+        for index, target in enumerate(targets)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=DEADLINE * 2)
+        assert not thread.is_alive(), "a thread is stuck"
+    return results
+
+
+def test_the_same_execution_from_two_threads_runs_once(app, user):
+    other_attempt_done = threading.Event()
+
+    class RaceWorkflow(geneva.Workflow):
+        @step
+        def count_me(self):
+            # Counted at once, outside the step's transaction: every run of the body
+            # shows, even one whose outcome would be discarded.
+            with db.engine.begin() as counter:
+                counter.execute(Note.__table__.insert().values(text="body started"))
+            db.session.add(Note(text="outcome committed"))
+            # Keep the body running until the other delivery has given up, so the two
+            # deliveries truly overlap. A second body run would wait here in vain.
+            other_attempt_done.wait(timeout=5)
+
+        @step
+        def after(self):
+            pass
+
+    wf = RaceWorkflow.create(hero=user)
+    db.session.commit()
+    execution_id = scheduled_execution(wf).id
+
+    def deliver():
+        result = execute_step(geneva, execution_id)
+        if result is None:
+            other_attempt_done.set()
+        return result
+
+    results = _run_in_threads(app, deliver, deliver)
+    assert not [r for r in results if isinstance(r, BaseException)]
+    ran = [r for r in results if r is not None]
+    assert len(ran) == 1
+    assert ran[0].outcome == "completed"
+    assert other_attempt_done.is_set()
+    db.session.expire_all()
+    assert note_texts() == ["body started", "outcome committed"]
+    assert history(wf) == [("count_me", "completed", "success"), ("after", "scheduled", None)]
+
+
+def _wait_for_a_blocked_backend(deadline: float) -> None:
+    """Poll (with a deadline) until some connection waits for a lock."""
+    while time.monotonic() < deadline:
+        with db.engine.connect() as probe:
+            waiting = probe.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the second creation never waited for the first one's row")
+
+
+def test_two_requests_creating_the_same_workflow_end_with_one(app, user):
+    class OnlyOneWorkflow(geneva.Workflow):
+        @step
+        def only(self):
+            pass
+
+    user_id = user.id
+    first_flushed = threading.Event()
+
+    def first_request():
+        OnlyOneWorkflow.create(hero=db.session.get(User, user_id))
+        first_flushed.set()  # its row is inserted, not yet committed
+        _wait_for_a_blocked_backend(time.monotonic() + DEADLINE)
+        db.session.commit()
+        return "created"
+
+    def second_request():
+        assert first_flushed.wait(timeout=DEADLINE)
+        try:
+            OnlyOneWorkflow.create(hero=db.session.get(User, user_id))
+        except WorkflowAlreadyOngoing as error:
+            db.session.rollback()
+            return error
+        db.session.commit()
+        return "created"
+
+    first, second = _run_in_threads(app, first_request, second_request)
+    assert first == "created"
+    assert isinstance(second, WorkflowAlreadyOngoing)
+    assert "already ongoing" in str(second)
+    db.session.expire_all()
+    count = db.session.scalar(sa.select(sa.func.count()).select_from(geneva.Workflow))
+    assert count == 1
