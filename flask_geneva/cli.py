@@ -2,17 +2,21 @@
 
 Every command exits 0 on success, and non-zero with a one-line message on stderr for an
 unknown id, a malformed argument, or a state that does not allow the action; nothing
-changes on error.
+changes on error. Values read from the database are printed with control characters
+escaped, so a hostile step error or hero id cannot rewrite the operator's terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Final, NoReturn
 
 import click
+import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
@@ -25,9 +29,90 @@ from flask_geneva.queries import (
     list_workflows,
     parse_hero,
 )
-from flask_geneva.timeutil import utcnow
+from flask_geneva.states import StepState, WorkflowState
+from flask_geneva.timeutil import as_utc, utcnow
 
-geneva_cli = AppGroup("geneva", help="Operate flask_geneva workflows.")
+#: ``show`` flags a scheduled step as overdue once it is this far past its due time (steps
+#: normally start within milliseconds of it).
+OVERDUE_GRACE: Final = timedelta(seconds=30)
+
+
+# ------------------------------------------------------------------------- errors
+
+
+def _printable(value: Any) -> str:
+    """``value`` as text with control characters (newlines, escapes) shown escaped."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _fail(message: str) -> NoReturn:
+    """Stop the command: exit 1 with ``Error: message`` as the one line on stderr."""
+    raise click.ClickException(_printable(message))
+
+
+class _OneLineUsageError(click.UsageError):
+    """A usage error shown as one line (Click's default adds the usage and a hint)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {_printable(self.format_message())}", err=True, file=file)
+
+
+def _one_line_usage_errors(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except (_OneLineUsageError, click.exceptions.NoArgsIsHelpError):
+        raise
+    except click.UsageError as error:
+        raise _OneLineUsageError(error.format_message(), error.ctx) from None
+
+
+class GenevaCommand(click.Command):
+    """A ``flask geneva`` command: usage and database errors are one line on stderr."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        return _one_line_usage_errors(
+            lambda: super(GenevaCommand, self).make_context(info_name, args, parent=parent, **extra)
+        )
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except sa.exc.SQLAlchemyError as error:
+            # Roll back what the command did; the transaction never committed.
+            with contextlib.suppress(Exception):
+                _state().geneva.db.session.rollback()
+            cause = getattr(error, "orig", None) or error
+            first_line = (str(cause).strip().splitlines() or [""])[0]
+            _fail(f"database error ({type(cause).__name__}): {first_line}")
+
+
+class GenevaGroup(AppGroup):
+    """The ``flask geneva`` group: an unknown command is a one-line error too."""
+
+    command_class = GenevaCommand
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        return _one_line_usage_errors(lambda: super(GenevaGroup, self).resolve_command(ctx, args))
+
+
+geneva_cli = GenevaGroup("geneva", help="Operate flask_geneva workflows.")
+
+#: Commands taking a workflow id read ``-1`` as an id (and reject it), not as an option.
+_ID_COMMAND_SETTINGS: Final = {"ignore_unknown_options": True}
+
+
+# ------------------------------------------------------------------------- helpers
 
 
 def _state() -> Any:
@@ -39,9 +124,9 @@ def _load(workflow_id: str) -> Any:
     try:
         workflow = find_workflow(geneva, workflow_id)
     except QueryError as error:
-        raise click.ClickException(str(error)) from None
+        _fail(str(error))
     if workflow is None:
-        raise click.ClickException(f"no workflow with id {workflow_id}")
+        _fail(f"no workflow with id {workflow_id}")
     return workflow
 
 
@@ -51,10 +136,16 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _operator_command(
-    name: str, past: str, act: Callable[[Any], None], help_text: str
-) -> None:
-    @geneva_cli.command(name, help=help_text)
+def _ago(delta: timedelta) -> str:
+    """A duration rounded to seconds: ``2:05:00``, ``3 days, 0:00:10``."""
+    return str(timedelta(seconds=round(delta.total_seconds())))
+
+
+# ------------------------------------------------------------------------- actions
+
+
+def _operator_command(name: str, past: str, act: Callable[[Any], None], help_text: str) -> None:
+    @geneva_cli.command(name, help=help_text, context_settings=_ID_COMMAND_SETTINGS)
     @click.argument("workflow_id")
     def command(workflow_id: str) -> None:
         workflow = _load(workflow_id)
@@ -64,7 +155,7 @@ def _operator_command(
             session.commit()
         except InvalidStateError as error:
             session.rollback()
-            raise click.ClickException(str(error)) from None
+            _fail(str(error))
         except Exception:
             session.rollback()
             raise
@@ -75,64 +166,112 @@ def _operator_command(
 
 
 _operator_command(
-    "resume", "resumed", lambda wf: wf.resume(),
+    "resume",
+    "resumed",
+    lambda wf: wf.resume(),
     "Resume a paused workflow (a failed step runs again).",
 )
 _operator_command(
     "cancel", "canceled", lambda wf: wf.cancel(), "Cancel a ready or paused workflow."
 )
 _operator_command(
-    "pause", "paused", lambda wf: wf.pause(),
+    "pause",
+    "paused",
+    lambda wf: wf.pause(),
     "Pause a ready workflow; its scheduled step waits for resume.",
 )
 _operator_command(
-    "skip", "skipped the pending step of", lambda wf: wf.skip(),
+    "skip",
+    "skipped the pending step of",
+    lambda wf: wf.skip(),
     "Skip the pending step of a ready or paused workflow.",
 )
 
 
-@geneva_cli.command("show", help="Show one workflow and its step timeline.")
+# --------------------------------------------------------------------------- show
+
+
+def _execution_flags(workflow: Any, execution: Any, steps: list[str], now: datetime) -> str:
+    """What is wrong (or waiting) about one execution, as ``  [...]`` notes."""
+    config = _state().config
+    flags = []
+    if execution.state == StepState.SCHEDULED:
+        due = as_utc(execution.scheduled_for)
+        if workflow.state == WorkflowState.PAUSED:
+            flags.append("kept: runs after resume")
+        elif due is not None and now - due > OVERDUE_GRACE:
+            late = f"overdue by {_ago(now - due)}"
+            if now - due > config.stuck_scheduled_threshold:
+                late += "; housekeeping will recover it"
+            flags.append(late)
+    elif execution.state == StepState.IN_PROGRESS:
+        started = as_utc(execution.started_at)
+        if started is not None and now - started > config.stuck_in_progress_threshold:
+            flags.append(
+                f"stuck: in progress for {_ago(now - started)}; housekeeping will recover it"
+            )
+    if steps and execution.step_name not in steps:
+        flags.append("step no longer defined")
+    return "".join(f"  [{flag}]" for flag in flags)
+
+
+@geneva_cli.command(
+    "show", help="Show one workflow and its step timeline.", context_settings=_ID_COMMAND_SETTINGS
+)
 @click.argument("workflow_id")
-def show_command(workflow_id: str) -> None:
+@click.option("--backtraces", is_flag=True, help="print the backtrace of every failed attempt")
+def show_command(workflow_id: str, backtraces: bool) -> None:
     workflow = _load(workflow_id)
     geneva = _state().geneva
     cls = type(workflow)
+    defined = cls.is_defined()
     hero = f"{workflow.hero_type}:{workflow.hero_id}" if workflow.hero_type else "none"
-    click.echo(f"{workflow.workflow_class} #{workflow.id}")
-    if not cls.is_defined():
-        click.echo("  (this workflow class is no longer defined in the application)")
-    click.echo(f"  state:        {workflow.state}")
-    click.echo(f"  hero:         {hero}")
-    click.echo(f"  created:      {_when(workflow.created_at)}")
-    click.echo(f"  transitioned: {_when(workflow.transitioned_at)}")
-    click.echo(f"  next step:    {workflow.next_step_name or '-'}")
-    click.echo(f"  previous:     {workflow.previous_step_name or '-'}")
-    click.echo(f"  data:         {workflow.data}")
-    history = execution_history(geneva, workflow)
-    steps = cls.step_names() if cls.is_defined() else []
+    data = json.dumps(workflow.data, ensure_ascii=False, sort_keys=True, default=str)
+    show = click.echo
+    show(_printable(f"{workflow.workflow_class} #{workflow.id}"))
+    if not defined:
+        show(
+            "  (its workflow class is no longer defined in the application; "
+            "it loads as geneva.Workflow)"
+        )
+    show(f"  state:        {workflow.state}")
+    show(f"  hero:         {_printable(hero)}")
+    show(f"  created:      {_when(workflow.created_at)}")
+    show(f"  transitioned: {_when(workflow.transitioned_at)}")
+    show(f"  next step:    {_printable(workflow.next_step_name or '-')}")
+    show(f"  previous:     {_printable(workflow.previous_step_name or '-')}")
+    show(f"  data:         {_printable(data)}")
+    steps = cls.step_names() if defined else []
     if steps:
-        click.echo(f"  steps:        {' -> '.join(steps)}")
-    click.echo("  timeline:")
+        show(f"  steps:        {' -> '.join(steps)}")
+    show("  timeline:")
+    history = execution_history(geneva, workflow)
     if not history:
-        click.echo("    (no executions)")
+        show("    (no executions)")
     now = utcnow()
     for execution in history:
         outcome = f"/{execution.outcome}" if execution.outcome else ""
         line = (
-            f"    #{execution.sequence:<3} {execution.step_name:<24} "
+            f"    #{execution.sequence:<3} {_printable(execution.step_name):<24} "
             f"{execution.state}{outcome:<14} scheduled {_when(execution.scheduled_for)}"
         )
         if execution.started_at:
             line += f"  started {_when(execution.started_at)}"
         if execution.finished_at:
             line += f"  finished {_when(execution.finished_at)}"
-        if execution.state == "scheduled" and execution.scheduled_for < now:
-            line += "  (overdue)"
-        if steps and execution.step_name not in steps:
-            line += "  (step no longer defined)"
-        click.echo(line)
+        show(line + _execution_flags(workflow, execution, steps, now))
         if execution.error_class_name:
-            click.echo(f"         error: {execution.error_class_name}: {execution.error_message}")
+            message = (execution.error_message or "").splitlines() or [""]
+            error_class = _printable(execution.error_class_name)
+            show(f"         error: {error_class}: {_printable(message[0])}")
+            for more in message[1:]:
+                show(f"                {_printable(more)}")
+            if backtraces and execution.error_backtrace:
+                for trace_line in execution.error_backtrace.rstrip().splitlines():
+                    show(f"           | {_printable(trace_line)}")
+
+
+# --------------------------------------------------------------------------- list
 
 
 @geneva_cli.command("list", help="List workflows, newest first.")
@@ -145,13 +284,13 @@ def list_command(
 ) -> None:
     geneva = _state().geneva
     try:
-        hero_type, hero_id = parse_hero(hero) if hero else (None, None)
+        hero_type, hero_id = parse_hero(hero) if hero is not None else (None, None)
         filters = WorkflowFilters(
             state=state, workflow=workflow_class, hero_type=hero_type, hero_id=hero_id
         )
         workflows = list_workflows(geneva, filters, limit=limit)
     except QueryError as error:
-        raise click.ClickException(str(error)) from None
+        _fail(str(error))
     if not workflows:
         click.echo("no workflows match")
         return
@@ -159,9 +298,13 @@ def list_command(
     for workflow in workflows:
         hero_text = f"{workflow.hero_type}:{workflow.hero_id}" if workflow.hero_type else "-"
         click.echo(
-            f"{workflow.id!s:<38} {workflow.workflow_class:<32} {workflow.state!s:<10} "
-            f"{workflow.next_step_name or '-':<24} {hero_text:<24} {_when(workflow.created_at)}"
+            f"{workflow.id!s:<38} {_printable(workflow.workflow_class):<32} "
+            f"{workflow.state!s:<10} {_printable(workflow.next_step_name or '-'):<24} "
+            f"{_printable(hero_text):<24} {_when(workflow.created_at)}"
         )
+
+
+# -------------------------------------------------------------- housekeeping, relay
 
 
 @geneva_cli.command("housekeeping", help="Delete old finished workflows; recover stuck steps.")
