@@ -140,12 +140,25 @@ def execute_step(
     return result
 
 
+@dataclass(frozen=True)
+class _Subject:
+    """What a step's signals and result name, read once while the rows are loaded (after
+    a commit, reading them again would cost a query)."""
+
+    sender: type
+    workflow_id: Any
+    workflow_class: str
+    execution_id: Any
+    step_name: str
+
+
 @dataclass
 class _Claim:
     workflow: Any
     execution: Any
     step: StepDefinition
     definition: WorkflowDefinition
+    subject: _Subject
     #: Set when a precondition raised and an imperative handler must decide: the body
     #: does not run, the handler runs outside the lock like the body would.
     precondition_error: BaseException | None = None
@@ -188,9 +201,14 @@ def _claim(
         log.info("execution %s is not due until %s", key, execution.scheduled_for)
         return None
 
-    execution.started_at = now
-    execution.message_id = message_id
     cls = type(workflow)
+    subject = _Subject(
+        sender=cls,
+        workflow_id=workflow.id,
+        workflow_class=cls.__name__ if cls.is_defined() else workflow.workflow_class,
+        execution_id=execution.id,
+        step_name=execution.step_name,
+    )
     problem: Exception | None = None
     step: StepDefinition | None = None
     if not cls.is_defined():
@@ -208,14 +226,14 @@ def _claim(
                 f"resume workflow #{workflow.id}, or cancel it"
             )
     if problem is not None or step is None:
+        _mark_started(execution, now, message_id)
         transitions.end_execution(execution, StepState.FAILED, StepOutcome.FAILED, now, problem)
         transitions.pause_at(workflow, execution.step_name, now)
         transitions.withdraw(session, workflow, execution)
         session.commit()
         log.error("%s", problem)
-        result = StepResult(execution.id, execution.step_name, "exception", problem)
-        _send(signals.precondition_checked, workflow, execution, "exception", problem, started)
-        return result
+        _send(signals.precondition_checked, subject, "exception", problem, started)
+        return StepResult(subject.execution_id, subject.step_name, "exception", problem)
 
     definition = cls._geneva_definition
     workflow.__dict__["_geneva_running"] = execution
@@ -223,6 +241,8 @@ def _claim(
         verdict, error = _check_preconditions(workflow, step, definition)
     finally:
         workflow.__dict__.pop("_geneva_running", None)
+    # Set only now: the preconditions' queries would otherwise flush it on its own.
+    _mark_started(execution, now, message_id)
     policy: ExceptionPolicy | None = None
     if verdict == "exception":
         assert error is not None
@@ -235,8 +255,8 @@ def _claim(
         transitions.withdraw(session, workflow, execution)
         _commit_keeping_objects(session)
         if verdict == "passed":
-            _send(signals.precondition_checked, workflow, execution, "passed", None, started)
-        return _Claim(workflow, execution, step, definition, precondition_error=error)
+            _send(signals.precondition_checked, subject, "passed", None, started)
+        return _Claim(workflow, execution, step, definition, subject, precondition_error=error)
 
     if verdict == "canceled":
         transitions.end_execution(execution, StepState.CANCELED, StepOutcome.CANCELED, now)
@@ -250,9 +270,14 @@ def _claim(
         _apply_failure(session, workflow, execution, step, definition, policy, error, None, now)
     transitions.withdraw(session, workflow, execution)
     session.commit()
-    log.info("precondition ended execution %s: %s", execution.id, verdict)
-    _send(signals.precondition_checked, workflow, execution, verdict, error, started)
-    return StepResult(execution.id, step.name, verdict, error)
+    log.info("precondition ended execution %s: %s", subject.execution_id, verdict)
+    _send(signals.precondition_checked, subject, verdict, error, started)
+    return StepResult(subject.execution_id, step.name, verdict, error)
+
+
+def _mark_started(execution: Any, now: datetime, message_id: str | None) -> None:
+    execution.started_at = now
+    execution.message_id = message_id
 
 
 def _check_preconditions(
@@ -286,12 +311,13 @@ def _check_preconditions(
 
 def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepResult | None:
     workflow, execution, step = claim.workflow, claim.execution, claim.step
+    subject = claim.subject
     log = workflow_logger(workflow, execution)
     signal: FlowControlSignal | None = None
     error: BaseException | None = claim.precondition_error
     performed = "exception"
     if error is None:  # a precondition that raised leaves only the handler to run
-        signal, error = _run_body(session, workflow, execution, step)
+        signal, error = _run_body(session, workflow, execution, step, subject)
         performed = _performed_outcome(signal, error)
 
     policy: ExceptionPolicy | None = None
@@ -303,13 +329,13 @@ def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepRe
 
     try:
         session.flush()
-        locked = lock_workflow(session, type(workflow)._geneva.Workflow, workflow.id)
-        current = lock_execution(session, type(execution), execution.id)
+        locked = lock_workflow(session, type(workflow)._geneva.Workflow, subject.workflow_id)
+        current = lock_execution(session, type(execution), subject.execution_id)
         if locked is None or current is None or current.state != StepState.IN_PROGRESS:
             session.rollback()
             log.warning(
                 "execution %s was recovered while its step ran; discarding the step's outcome",
-                execution.id,
+                subject.execution_id,
             )
             return None
         now = utcnow()
@@ -321,35 +347,35 @@ def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepRe
             )
         else:
             _apply_signal(session, locked, current, step, claim.definition, signal, now)
+        workflow_state, step_state = str(locked.state), str(current.state)
         session.commit()
     except sa.exc.SQLAlchemyError:
         session.rollback()
         log.exception(
             "database error while finalizing execution %s; it stays in progress and "
             "housekeeping will recover it",
-            execution.id,
+            subject.execution_id,
         )
         return None
     if error is not None:
         log.warning("step failed with %s: %s", type(error).__name__, error)
     if claim.precondition_error is not None:
-        _send(signals.precondition_checked, workflow, execution, "exception", error, started)
-        return StepResult(execution.id, step.name, "exception", error)
+        _send(signals.precondition_checked, subject, "exception", error, started)
+        return StepResult(subject.execution_id, step.name, "exception", error)
     _send(
         signals.step_finalized,
-        workflow,
-        execution,
+        subject,
         performed,
         error,
         started,
-        workflow_state=str(workflow.state),
-        step_state=str(execution.state),
+        workflow_state=workflow_state,
+        step_state=step_state,
     )
-    return StepResult(execution.id, step.name, performed, error)
+    return StepResult(subject.execution_id, step.name, performed, error)
 
 
 def _run_body(
-    session: Session, workflow: Any, execution: Any, step: StepDefinition
+    session: Session, workflow: Any, execution: Any, step: StepDefinition, subject: _Subject
 ) -> tuple[FlowControlSignal | None, BaseException | None]:
     """Run the step body and flush its writes; returns its flow-control call or error."""
     signal: FlowControlSignal | None = None
@@ -369,7 +395,7 @@ def _run_body(
     finally:
         workflow.__dict__.pop("_geneva_running", None)
     outcome = _performed_outcome(signal, error)
-    _send(signals.step_performed, workflow, execution, outcome, error, body_started)
+    _send(signals.step_performed, subject, outcome, error, body_started)
     return signal, error
 
 
@@ -554,8 +580,7 @@ def _commit_keeping_objects(session: Session) -> None:
 
 def _send(
     signal: Any,
-    workflow: Any,
-    execution: Any,
+    subject: _Subject,
     outcome: str,
     exception: BaseException | None,
     since: float,
@@ -563,13 +588,12 @@ def _send(
 ) -> None:
     if not signal.receivers:
         return
-    cls = type(workflow)
     signal.send(
-        cls,
-        workflow_id=workflow.id,
-        workflow_class=cls.__name__ if cls.is_defined() else workflow.workflow_class,
-        execution_id=execution.id,
-        step_name=execution.step_name,
+        subject.sender,
+        workflow_id=subject.workflow_id,
+        workflow_class=subject.workflow_class,
+        execution_id=subject.execution_id,
+        step_name=subject.step_name,
         outcome=outcome,
         exception=exception,
         duration=time.perf_counter() - since,

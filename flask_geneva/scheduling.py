@@ -93,6 +93,7 @@ def schedule_step(
     geneva = workflow._geneva
     now = now or utcnow()
     workflow.execution_count = (workflow.execution_count or 0) + 1
+    workflow.next_step_name = step_name  # before the flush: one UPDATE of the workflow
     execution = geneva.StepExecution(
         workflow_id=workflow.id,
         sequence=workflow.execution_count,
@@ -104,7 +105,6 @@ def schedule_step(
     session.add(execution)
     session.flush()
     enqueue_outbox(session, workflow, execution, run_at, now=now)
-    workflow.next_step_name = step_name
     return execution
 
 

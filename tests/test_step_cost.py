@@ -1,0 +1,56 @@
+"""The database cost of one plain step: at most three commits (we expect two: the claim
+and the finalize). ``benchmarks/step_cost.py`` prints the full figures."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event
+
+from flask_geneva import step
+from flask_geneva.executor import execute_step
+from tests.helpers import scheduled_execution
+from tests.models import db, geneva
+
+#: The ceiling the project accepts for one plain step.
+MAX_COMMITS_PER_STEP = 3
+
+
+class PlainStepsWorkflow(geneva.Workflow):
+    for _ in range(3):
+        step(lambda wf: None)
+
+
+@pytest.fixture
+def engine_events(app):
+    """Every statement and commit the engine sees, in order."""
+    events: list[str] = []
+
+    def on_statement(conn, cursor, statement, *args):
+        events.append(statement.split(None, 1)[0].upper())
+
+    def on_commit(conn):
+        events.append("COMMIT")
+
+    engine = db.engine
+    event.listen(engine, "before_cursor_execute", on_statement)
+    event.listen(engine, "commit", on_commit)
+    yield events
+    event.remove(engine, "before_cursor_execute", on_statement)
+    event.remove(engine, "commit", on_commit)
+
+
+def test_a_plain_step_costs_at_most_three_commits(app, user, engine_events):
+    wf = PlainStepsWorkflow.create(hero=user)
+    db.session.commit()
+    workflow_id = wf.id
+    for _ in range(3):  # middle steps schedule the next one; the last one finishes
+        execution_id = scheduled_execution(db.session.get(geneva.Workflow, workflow_id)).id
+        db.session.remove()
+        engine_events.clear()
+        with app.app_context():  # as a worker runs each message
+            result = execute_step(geneva, execution_id)
+        assert result is not None and result.exception is None
+        assert 1 <= engine_events.count("COMMIT") <= MAX_COMMITS_PER_STEP, engine_events
+        # Nothing is left running after the outcome is committed.
+        assert engine_events[-1] == "COMMIT", engine_events
+    assert db.session.get(geneva.Workflow, workflow_id).state == "finished"
