@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import dramatiq
 import sqlalchemy as sa
+from flask import Flask
 
 from tests.models import Note, db, geneva
 
@@ -61,3 +63,13 @@ def reload(workflow: Any) -> Any:
     """Throw away what the session knows and load ``workflow`` again."""
     db.session.expire_all()
     return db.session.get(geneva.Workflow, workflow.id)
+
+
+def published_execution_ids(app: Flask) -> list[Any]:
+    """The execution ids of the step messages waiting in the app's in-memory broker."""
+    broker = app.extensions["geneva"].broker
+    ids = []
+    for queue in broker.queues.values():
+        for data in list(queue.queue):
+            ids.extend(dramatiq.Message.decode(data).args)
+    return ids

@@ -11,7 +11,7 @@ import pytest
 
 from flask_geneva import step
 from flask_geneva.executor import execute_step
-from tests.helpers import history, note_texts, scheduled_execution
+from tests.helpers import history, note_texts, published_execution_ids, scheduled_execution
 from tests.models import Note, db, geneva
 
 
@@ -78,7 +78,9 @@ def test_a_malformed_id_runs_nothing_and_raises_nothing(workflow, caplog, bad):
     assert history(workflow) == [("first", "scheduled", None)]
 
 
-def test_a_message_for_the_kept_execution_of_a_paused_workflow_runs_nothing(workflow, caplog):
+def test_a_message_for_the_kept_execution_of_a_paused_workflow_runs_nothing(
+    app, workflow, caplog
+):
     kept = scheduled_execution(workflow)
     workflow.pause()
     db.session.commit()
@@ -87,8 +89,10 @@ def test_a_message_for_the_kept_execution_of_a_paused_workflow_runs_nothing(work
     assert any("workflow is paused" in m for m in _messages(caplog))
     assert note_texts() == []
     assert scheduled_execution(workflow).id == kept.id  # still scheduled
+    published_before = published_execution_ids(app).count(kept.id)
     workflow.resume()
     db.session.commit()
+    assert published_execution_ids(app).count(kept.id) == published_before + 1
     assert execute_step(geneva, kept.id) is not None
     assert note_texts() == ["first ran"]
 

@@ -1,0 +1,100 @@
+"""An error in geneva's own database work (here: a lock it cannot get in time) is not a
+step failure. It never pauses the workflow: an unclaimed execution stays scheduled for
+the relay to deliver again, a claimed one stays in progress for housekeeping."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import pytest
+import sqlalchemy as sa
+
+from flask_geneva import step
+from flask_geneva.executor import execute_step
+from tests.helpers import executions, history, outbox_rows, reload, scheduled_execution
+from tests.models import db, geneva
+
+
+@pytest.fixture
+def app_config(database_url: str) -> dict:
+    """Give up waiting for a lock after 200 ms, so a held lock becomes an error."""
+    if database_url.startswith("sqlite"):
+        return {"SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"timeout": 0.2}}}
+    return {"SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"options": "-c lock_timeout=200"}}}
+
+
+@contextmanager
+def workflow_row_held(database_url: str, workflow_id: int) -> Iterator[None]:
+    """Another process holds the workflow row's lock (on SQLite: the write lock)."""
+    if database_url.startswith("sqlite"):
+        holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        return
+    engine = sa.create_engine(database_url)
+    table = geneva.Workflow.__table__
+    try:
+        with engine.connect() as holder:
+            holder.execute(sa.select(table.c.id).where(table.c.id == workflow_id).with_for_update())
+            yield
+            holder.rollback()
+    finally:
+        engine.dispose()
+
+
+def _errors(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "flask_geneva"]
+
+
+def test_a_database_error_while_claiming_leaves_the_execution_scheduled(
+    app, user, database_url, caplog
+):
+    class LockedOutWorkflow(geneva.Workflow):
+        @step
+        def only(self):
+            self.data["ran"] = True
+
+    wf = LockedOutWorkflow.create(hero=user)
+    db.session.commit()
+    execution_id = scheduled_execution(wf).id
+    with workflow_row_held(database_url, wf.id), caplog.at_level(logging.ERROR):
+        assert execute_step(geneva, execution_id) is None
+    assert any("database error while claiming" in m for m in _errors(caplog))
+    wf = reload(wf)
+    assert wf.state == "ready"
+    assert history(wf) == [("only", "scheduled", None)]
+    assert executions(wf)[0].error_class_name is None
+    assert len(outbox_rows(wf)) == 1  # the relay will deliver it again
+    assert execute_step(geneva, execution_id) is not None  # and then it runs
+    assert reload(wf).data == {"ran": True}
+
+
+def test_a_database_error_while_finalizing_leaves_the_execution_in_progress(
+    app, user, database_url, caplog
+):
+    held = ExitStack()
+
+    class LockedAtTheEndWorkflow(geneva.Workflow):
+        @step
+        def only(self):
+            # While the step runs, another process takes the workflow row's lock.
+            held.enter_context(workflow_row_held(database_url, self.id))
+
+    wf = LockedAtTheEndWorkflow.create(hero=user)
+    db.session.commit()
+    execution_id = scheduled_execution(wf).id
+    with held, caplog.at_level(logging.ERROR):
+        assert execute_step(geneva, execution_id) is None
+    assert any("database error while finalizing" in m for m in _errors(caplog))
+    wf = reload(wf)
+    assert wf.state == "performing"  # not paused: housekeeping recovers it
+    [execution] = executions(wf)
+    assert (execution.state, execution.outcome) == ("in_progress", None)
+    assert execution.error_class_name is None
