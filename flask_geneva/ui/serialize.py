@@ -1,0 +1,188 @@
+"""The JSON twins of the status pages: plain dicts of what each HTML page shows.
+
+Times are ISO 8601 strings in UTC (``null`` when unset), durations are seconds, ids are
+numbers (or strings for UUID keys), counts are ``{"count", "exact", "estimate"}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import url_for
+
+from flask_geneva.queries import (
+    OVERDUE_GRACE,
+    Count,
+    Due,
+    Health,
+    StepRow,
+    WorkflowActivity,
+    WorkflowDetail,
+)
+from flask_geneva.ui.present import describe_condition, describe_policy, iso_time
+
+
+def json_id(value: Any) -> Any:
+    """A primary key as JSON: an int stays an int, a UUID becomes its text."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def workflow_json(workflow: Any, activity: WorkflowActivity | None = None) -> dict[str, Any]:
+    """A workflow as the list and detail pages show it."""
+    result: dict[str, Any] = {
+        "id": json_id(workflow.id),
+        "url": url_for("geneva.workflow", workflow_id=workflow.id),
+        "workflow_class": workflow.workflow_class,
+        "class_defined": bool(type(workflow).is_defined()),
+        "state": str(workflow.state),
+        "hero_type": workflow.hero_type,
+        "hero_id": workflow.hero_id,
+        "next_step_name": workflow.next_step_name,
+        "current_step_name": workflow.current_step_name,
+        "previous_step_name": workflow.previous_step_name,
+        "execution_count": workflow.execution_count,
+        "created_at": iso_time(workflow.created_at),
+        "updated_at": iso_time(workflow.updated_at),
+        "transitioned_at": iso_time(workflow.transitioned_at),
+    }
+    if activity is not None:
+        result["active_execution"] = (
+            execution_json(activity.active) if activity.active is not None else None
+        )
+        result["last_execution"] = (
+            execution_json(activity.last) if activity.last is not None else None
+        )
+    return result
+
+
+def execution_json(
+    execution: Any, *, attempt: int | None = None, backtrace: bool = False
+) -> dict[str, Any]:
+    """A step execution; the backtrace only where the page shows it (the workflow page)."""
+    result: dict[str, Any] = {
+        "id": json_id(execution.id),
+        "workflow_id": json_id(execution.workflow_id),
+        "sequence": execution.sequence,
+        "step_name": execution.step_name,
+        "state": str(execution.state),
+        "outcome": None if execution.outcome is None else str(execution.outcome),
+        "scheduled_for": iso_time(execution.scheduled_for),
+        "started_at": iso_time(execution.started_at),
+        "finished_at": iso_time(execution.finished_at),
+        "duration_seconds": execution.duration,
+        "error_class_name": execution.error_class_name,
+        "error_message": execution.error_message,
+        "message_id": execution.message_id,
+    }
+    if attempt is not None:
+        result["attempt"] = attempt
+    if backtrace:
+        result["error_backtrace"] = execution.error_backtrace
+    return result
+
+
+def count_json(count: Count) -> dict[str, Any]:
+    """``{"count": n, "exact": bool, "estimate": n | null}``."""
+    return count.as_json()
+
+
+def health_json(health: Health) -> dict[str, Any]:
+    """The overview's health panel."""
+    lag = health.outbox_lag
+    return {
+        "ok": health.ok,
+        "outbox": {
+            "oldest_unpublished_at": iso_time(health.outbox_oldest_unpublished_at),
+            "oldest_unpublished_age_seconds": None if lag is None else lag.total_seconds(),
+            "due": count_json(health.outbox_due),
+        },
+        "stuck_in_progress": {
+            "threshold_seconds": health.stuck_in_progress_threshold.total_seconds(),
+            "count": count_json(health.stuck_in_progress_count),
+            "executions": [
+                {"execution": execution_json(e), "workflow": workflow_json(w)}
+                for e, w in health.stuck_in_progress
+            ],
+        },
+        "overdue_scheduled": {
+            "grace_seconds": OVERDUE_GRACE.total_seconds(),
+            "stuck_threshold_seconds": health.stuck_scheduled_threshold.total_seconds(),
+            "count": count_json(health.overdue_scheduled_count),
+            "executions": [
+                {"execution": execution_json(e), "workflow": workflow_json(w)}
+                for e, w in health.overdue_scheduled
+            ],
+        },
+        "paused": [
+            {
+                "workflow": workflow_json(w),
+                "last_execution": None if e is None else execution_json(e),
+            }
+            for w, e in health.paused
+        ],
+        "recent_failures": [
+            {"execution": execution_json(e), "workflow": workflow_json(w)}
+            for e, w in health.recent_failures
+        ],
+    }
+
+
+def step_json(row: StepRow) -> dict[str, Any]:
+    """One step of the workflow page with its executions."""
+    definition = row.definition
+    result: dict[str, Any] = {
+        "position": row.position,
+        "name": row.name,
+        "defined": row.defined,
+        "executions": [
+            execution_json(a.execution, attempt=a.attempt, backtrace=True) for a in row.attempts
+        ],
+    }
+    if definition is not None:
+        result.update(
+            {
+                "wait_seconds": definition.wait.total_seconds(),
+                "skip_if": describe_condition(definition.skip_if) or None,
+                "only_if": describe_condition(definition.only_if) or None,
+                "on_exception": describe_policy(definition.on_exception) or None,
+                "anonymous": definition.anonymous,
+                "source": definition.describe_source(),
+            }
+        )
+    return result
+
+
+def due_json(due: Due) -> dict[str, Any]:
+    """What the workflow waits for next."""
+    return {
+        "kind": due.kind,
+        "step_name": due.step_name,
+        "execution_id": None if due.execution is None else json_id(due.execution.id),
+        "at": iso_time(due.at),
+        "overdue": due.overdue,
+        "stuck": due.stuck,
+    }
+
+
+def detail_json(detail: WorkflowDetail, hero: dict[str, Any]) -> dict[str, Any]:
+    """The workflow page."""
+    workflow = detail.workflow
+    payload = workflow_json(workflow)
+    payload["data"] = dict(workflow.data or {})
+    return {
+        "workflow": payload,
+        "hero": hero,
+        "class_defined": detail.class_defined,
+        "due": due_json(detail.due),
+        "steps": [step_json(row) for row in detail.steps],
+        "removed_steps": [step_json(row) for row in detail.removed_steps],
+        "history": {
+            "total": detail.execution_total,
+            "shown": len(detail.executions),
+            "truncated": detail.history_truncated,
+        },
+        "actions": [{"name": a.name, "command": a.command} for a in detail.actions],
+    }
