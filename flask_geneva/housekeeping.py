@@ -97,6 +97,8 @@ def delete_completed_workflows(geneva: Any, *, older_than: datetime, batch_size:
     outbox = geneva.OutboxMessage.__table__
     total = 0
     while True:
+        # On PostgreSQL a concurrent run skips the rows this one is deleting; on SQLite
+        # runs take turns. Either way each deletion is counted once (by rowcount).
         ids = list(
             session.scalars(
                 sa.select(workflows.c.id)
@@ -105,6 +107,7 @@ def delete_completed_workflows(geneva: Any, *, older_than: datetime, batch_size:
                     workflows.c.transitioned_at < older_than,
                 )
                 .limit(batch_size)
+                .with_for_update(skip_locked=True)
             )
         )
         if not ids:
@@ -112,14 +115,14 @@ def delete_completed_workflows(geneva: Any, *, older_than: datetime, batch_size:
             return total
         session.execute(sa.delete(outbox).where(outbox.c.workflow_id.in_(ids)))
         session.execute(sa.delete(executions).where(executions.c.workflow_id.in_(ids)))
-        session.execute(
+        deleted = session.execute(
             sa.delete(workflows).where(
                 workflows.c.id.in_(ids),
                 workflows.c.state.in_([WorkflowState.FINISHED, WorkflowState.CANCELED]),
             )
         )
         session.commit()
-        total += len(ids)
+        total += deleted.rowcount
         if len(ids) < batch_size:
             return total
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from flask_geneva.testing import perform_next_step
 from flask_geneva.timeutil import utcnow
 from tests.helpers import history, outbox_rows, reload
 from tests.models import User, db, geneva
+from tests.uuid_models import Customer, uuid_db, uuid_geneva
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = geneva.Workflow.__table__
@@ -811,3 +813,69 @@ def test_the_flask_relay_command_runs_until_terminated(app, database_url, tmp_pa
         if relay.poll() is None:
             relay.kill()
             relay.wait()
+
+
+# ------------------------------------------------------------------------ UUID keys
+
+
+class UuidCliWorkflow(uuid_geneva.Workflow):
+    @step
+    def first(self) -> None:
+        pass
+
+    @step(wait=timedelta(days=1))
+    def second(self) -> None:
+        pass
+
+
+@pytest.fixture
+def uuid_app(database_url: str) -> Iterator[Flask]:
+    app = Flask("geneva_uuid_cli_tests")
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url, TESTING=True, GENEVA_BROKER_URL="memory://"
+    )
+    uuid_db.init_app(app)
+    uuid_geneva.init_app(app)
+    with app.app_context():
+        uuid_db.drop_all()
+        uuid_db.create_all()
+        yield app
+        uuid_db.session.remove()
+        uuid_db.drop_all()
+        for engine in uuid_db.engines.values():
+            engine.dispose()
+
+
+def test_the_commands_take_uuid_ids(uuid_app):
+    customer = Customer(name="Ada")
+    uuid_db.session.add(customer)
+    uuid_db.session.commit()
+    workflow = UuidCliWorkflow.create(hero=customer)
+    uuid_db.session.commit()
+    workflow_id = str(workflow.id)
+
+    assert assert_ok(invoke(uuid_app, "show", workflow_id))[0] == f"UuidCliWorkflow #{workflow_id}"
+    (row,) = [line.split() for line in assert_ok(invoke(uuid_app, "list"))[1:]]
+    assert row[:5] == [workflow_id, "UuidCliWorkflow", "ready", "first", f"Customer:{customer.id}"]
+    rows = assert_ok(invoke(uuid_app, "list", "--hero", f"Customer:{customer.id}"))[1:]
+    assert [line.split()[0] for line in rows] == [workflow_id]
+    assert assert_ok(invoke(uuid_app, "pause", workflow_id.upper())) == [
+        f"paused UuidCliWorkflow #{workflow_id}: now paused, next step first"
+    ]
+    uuid_db.session.expire_all()
+    assert workflow.state == "paused"
+
+    tables = [uuid_geneva.Workflow.__table__, uuid_geneva.StepExecution.__table__]
+    with uuid_db.engine.connect() as connection:
+        before = [connection.execute(sa.select(t)).all() for t in tables]
+    line = assert_one_line_error(invoke(uuid_app, "pause", workflow_id))
+    assert line.startswith(f"Error: cannot pause UuidCliWorkflow #{workflow_id}: it is paused")
+    unknown = str(uuid.uuid4())
+    assert assert_one_line_error(invoke(uuid_app, "resume", unknown)) == (
+        f"Error: no workflow with id {unknown}"
+    )
+    for bad in ("1", "-1", "abc", workflow_id[:-1], f"{workflow_id}0"):
+        line = assert_one_line_error(invoke(uuid_app, "cancel", bad))
+        assert line == f"Error: workflow ids are UUIDs; {bad!r} is not one"
+    with uuid_db.engine.connect() as connection:
+        assert [connection.execute(sa.select(t)).all() for t in tables] == before

@@ -8,6 +8,8 @@ sleeps.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +24,7 @@ from flask_geneva.testing import perform_next_step, speedrun_workflow
 from flask_geneva.timeutil import utcnow
 from tests.helpers import executions, history, note_texts, outbox_rows, reload
 from tests.models import Note, User, db, geneva
+from tests.uuid_models import Customer, uuid_db, uuid_geneva
 
 WORKFLOWS = geneva.Workflow.__table__
 EXECUTIONS = geneva.StepExecution.__table__
@@ -585,3 +588,121 @@ def test_the_housekeeping_actor_is_a_dramatiq_actor_of_the_app(app):
     assert actor.broker is state.broker
     assert state.broker.get_actor(actor.actor_name) is actor
     assert actor.queue_name == state.config.default_queue
+
+
+# ---------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_runs_delete_and_recover_each_row_once(app, user):
+    old = [_transitioned(_finished(user), timedelta(days=31)) for _ in range(4)]
+    running = [_create(user) for _ in range(4)]
+    for workflow in running:
+        _stuck_in_progress(workflow, started_ago=timedelta(hours=2))
+    late = [_create(user) for _ in range(4)]
+    for workflow in late:
+        _overdue(workflow, timedelta(hours=1))
+    runs = 3
+    start = threading.Barrier(runs)
+    results: list[HousekeepingResult] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        with app.app_context():  # a session of its own, like another process
+            start.wait(timeout=30)
+            try:
+                results.append(run_housekeeping())
+            except BaseException as error:  # reported below
+                errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(runs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    assert len(results) == runs
+    assert sum(r.deleted_workflows for r in results) == 4
+    assert sum(r.recovered_in_progress for r in results) == 4
+    assert sum(r.recovered_scheduled for r in results) == 4
+    db.session.expire_all()
+    assert all(_row_counts(w) == (0, 0, 0) for w in old)
+    for workflow in running + late:
+        assert history(workflow) == [
+            ("first", "completed", "recovered"),
+            ("first", "scheduled", None),
+        ]
+
+
+# ------------------------------------------------------------------------ UUID keys
+
+
+class UuidHousekeptWorkflow(uuid_geneva.Workflow):
+    @step
+    def first(self) -> None:
+        pass
+
+
+@pytest.fixture
+def uuid_app(database_url: str) -> Iterator[Flask]:
+    app = Flask("geneva_uuid_housekeeping_tests")
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url,
+        TESTING=True,
+        GENEVA_BROKER_URL="memory://",
+        GENEVA_HOUSEKEEPING_BATCH_SIZE=2,
+    )
+    uuid_db.init_app(app)
+    uuid_geneva.init_app(app)
+    with app.app_context():
+        uuid_db.drop_all()
+        uuid_db.create_all()
+        yield app
+        uuid_db.session.remove()
+        uuid_db.drop_all()
+        for engine in uuid_db.engines.values():
+            engine.dispose()
+
+
+def test_housekeeping_works_with_uuid_keys(uuid_app):
+    session = uuid_db.session
+    workflows = uuid_geneva.Workflow.__table__
+    executions_table = uuid_geneva.StepExecution.__table__
+    customers = [Customer(name=f"c{i}") for i in range(6)]
+    session.add_all(customers)
+    session.commit()
+    created = [UuidHousekeptWorkflow.create(hero=c) for c in customers]
+    session.commit()
+    done, stuck = created[:3], created[3:]
+    for workflow in done:
+        perform_next_step(workflow)
+    session.execute(
+        sa.update(workflows)
+        .where(workflows.c.id.in_([w.id for w in done]))
+        .values(transitioned_at=utcnow() - timedelta(days=31))
+    )
+    session.execute(
+        sa.update(executions_table)
+        .where(executions_table.c.workflow_id.in_([w.id for w in stuck]))
+        .values(scheduled_for=utcnow() - timedelta(hours=1))
+    )
+    session.commit()
+    done_ids = [w.id for w in done]
+
+    result = run_housekeeping()
+
+    assert result == HousekeepingResult(3, 0, 3)
+    assert session.scalar(sa.select(sa.func.count()).select_from(workflows)) == 3
+    assert (
+        session.scalar(
+            sa.select(sa.func.count()).where(executions_table.c.workflow_id.in_(done_ids))
+        )
+        == 0
+    )
+    for workflow in stuck:
+        states = session.execute(
+            sa.select(executions_table.c.state, executions_table.c.outcome)
+            .where(executions_table.c.workflow_id == workflow.id)
+            .order_by(executions_table.c.sequence)
+        ).all()
+        assert [tuple(row) for row in states] == [("completed", "recovered"), ("scheduled", None)]
