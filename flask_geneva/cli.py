@@ -22,6 +22,7 @@ from flask.cli import AppGroup
 
 from flask_geneva.errors import InvalidStateError
 from flask_geneva.queries import (
+    OVERDUE_GRACE,
     QueryError,
     WorkflowFilters,
     execution_history,
@@ -31,11 +32,6 @@ from flask_geneva.queries import (
 )
 from flask_geneva.states import StepState, WorkflowState
 from flask_geneva.timeutil import as_utc, utcnow
-
-#: ``show`` flags a scheduled step as overdue once it is this far past its due time (steps
-#: normally start within milliseconds of it).
-OVERDUE_GRACE: Final = timedelta(seconds=30)
-
 
 # ------------------------------------------------------------------------- errors
 
