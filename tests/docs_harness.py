@@ -29,6 +29,7 @@ import re
 import subprocess
 import sys
 import types
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -236,7 +237,11 @@ def run_page(path: Path, workdir: Path) -> list[CodeBlock]:
     page = parse_page(path)
     skipped: list[CodeBlock] = []
     slug = re.sub(r"\W", "_", str(path.relative_to(DOCS_DIR).with_suffix("")))
-    with _isolated(workdir):
+    with _isolated(workdir), warnings.catch_warnings():
+        # Flask-Migrate's generated env.py calls a deprecated Flask-SQLAlchemy method.
+        warnings.filterwarnings(
+            "ignore", message="'get_engine' is deprecated", category=DeprecationWarning
+        )
         db = SQLAlchemy()
         geneva = Geneva(db=db)
         app = Flask(f"docs_{slug}", root_path=str(workdir))
