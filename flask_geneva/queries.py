@@ -25,11 +25,13 @@ from flask_geneva.timeutil import as_utc, utcnow
 
 #: A count reads at most this many rows; above it the count is reported as "more than".
 COUNT_CAP: Final = 10_000
+#: The cap of each cell of the counts by class and state (five per class).
+CLASS_COUNT_CAP: Final = 1_000
 #: A scheduled execution this far past its due time, not yet started, is overdue. Steps
 #: normally start within milliseconds of their due time, so a few seconds means trouble.
 OVERDUE_GRACE: Final = timedelta(seconds=30)
 #: The most workflows a list page shows.
-MAX_PAGE_SIZE: Final = 500
+MAX_PAGE_SIZE: Final = 200
 #: The list page size when none is asked for.
 DEFAULT_PAGE_SIZE: Final = 50
 #: How many rows each health list (stuck, overdue, paused, failures) shows.
@@ -145,6 +147,16 @@ def counts_by_state(geneva: Any) -> dict[str, int]:
     return counts
 
 
+def _literal(value: str) -> Any:
+    """A constant written into the SQL text instead of sent as a parameter.
+
+    PostgreSQL uses a partial index (``... WHERE state = 'scheduled'``) only when it can
+    prove the query implies the index's predicate; a cached generic plan, where the
+    value is a ``$1`` placeholder, cannot, and would fall back to reading the table.
+    """
+    return sa.literal(value, literal_execute=True)
+
+
 # ------------------------------------------------------------------------------- counts
 
 
@@ -209,11 +221,13 @@ def planner_estimate(geneva: Any, query: sa.Select[Any]) -> int | None:
 
 
 def _state_query(geneva: Any, state: str, workflow_class: str | None = None) -> sa.Select[Any]:
+    """The rows of one state (and class) in index order, so that a capped count reads the
+    ``geneva_workflows_state`` or ``geneva_workflows_class`` index, never the table."""
     model = geneva.Workflow.__table__
     query = sa.select(sa.literal(1)).select_from(model).where(model.c.state == state)
     if workflow_class is not None:
         query = query.where(model.c.workflow_class == workflow_class)
-    return query
+    return query.order_by(model.c.created_at)
 
 
 def state_counts(geneva: Any, cap: int = COUNT_CAP) -> dict[str, Count]:
@@ -262,7 +276,7 @@ class ClassCounts:
         )
 
 
-def class_counts(geneva: Any, cap: int = COUNT_CAP) -> list[ClassCounts]:
+def class_counts(geneva: Any, cap: int = CLASS_COUNT_CAP) -> list[ClassCounts]:
     """Counts by state for every class in the table or defined in the code, by name."""
     stored = stored_workflow_classes(geneva)
     names = sorted(set(stored) | set(geneva.workflow_classes))
@@ -375,9 +389,11 @@ def _fetch_page(
         if before is not None:
             query = query.where(key < sa.tuple_(before.created_at, before.id))
         query = query.order_by(model.created_at.desc(), model.id.desc())
+    ascending = after is not None
     if filters.workflow is not None and filters.state is None and filters.hero_type is None:
-        query = _merge_states(geneva, query, limit + 1, ascending=after is not None)
-    rows = list(geneva.db.session.scalars(query.limit(limit + 1)))
+        rows = _class_page(geneva, query, limit + 1, ascending=ascending)
+    else:
+        rows = list(geneva.db.session.scalars(query.limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     newer: Cursor | None
@@ -394,37 +410,38 @@ def _fetch_page(
     return WorkflowPage(rows, older=older, newer=newer, limit=limit)
 
 
-def _merge_states(
-    geneva: Any, query: sa.Select[Any], limit: int, *, ascending: bool
-) -> sa.Select[Any]:
-    """Rewrite a class-filtered page as one ordered range scan per state, merged.
+def _class_page(geneva: Any, query: sa.Select[Any], limit: int, *, ascending: bool) -> list[Any]:
+    """A page of one class's workflows, in any state: one ordered range scan per state.
 
-    ``geneva_workflows_class`` is ordered by (class, state, created_at): filtering by the
-    class alone would read and sort all its rows. One limited scan per state reads at
-    most ``limit`` rows each; the union of their ids is then ordered once more.
+    ``geneva_workflows_class`` is ordered by (class, state, created_at, id): filtering by
+    the class alone would read and sort all its rows. Instead each state gives its first
+    ``limit`` (id, created_at) pairs from the index, the pairs are merged, and the
+    ``limit`` winners are loaded by primary key.
     """
     model = geneva.Workflow
-    parts = []
-    for state in WorkflowState:
-        part = (
-            query.with_only_columns(model.id, model.created_at)
-            .where(model.state == state.value)
+    session = geneva.db.session
+    parts = [
+        query.with_only_columns(model.id, model.created_at)
+        .where(model.state == state.value)
+        .limit(limit)
+        .subquery()
+        .select()
+        for state in WorkflowState
+    ]
+    merged = sa.union_all(*parts).subquery("by_state")
+    order = (merged.c.created_at, merged.c.id)
+    ids = list(
+        session.scalars(
+            sa.select(merged.c.id)
+            .order_by(*(order if ascending else (column.desc() for column in order)))
             .limit(limit)
         )
-        parts.append(part.subquery().select())
-    merged = sa.union_all(*parts).subquery("by_state")
-    ids = sa.select(merged.c.id)
-    return (
-        sa.select(model)
-        .where(model.id.in_(ids))
-        .order_by(
-            *(
-                (model.created_at.asc(), model.id.asc())
-                if ascending
-                else (model.created_at.desc(), model.id.desc())
-            )
-        )
     )
+    if not ids:
+        return []
+    rows = list(session.scalars(sa.select(model).where(model.id.in_(ids))))
+    rows.sort(key=lambda w: (as_utc(w.created_at), w.id), reverse=not ascending)
+    return rows
 
 
 # ----------------------------------------------------------------------- executions
@@ -454,12 +471,18 @@ def workflow_activity(geneva: Any, workflows: Iterable[Any]) -> dict[Any, Workfl
     last_sequences = [(w.id, w.execution_count) for w in workflows if (w.execution_count or 0) > 0]
     last: dict[Any, Any] = {}
     if last_sequences:
+        # One branch per distinct last sequence number (usually a handful), each a
+        # ``workflow_id = ANY(...)`` index scan: a 500-pair row IN list costs PostgreSQL
+        # tens of milliseconds just to plan.
+        by_sequence: dict[int, list[Any]] = {}
+        for workflow_id, sequence in last_sequences:
+            by_sequence.setdefault(sequence, []).append(workflow_id)
         rows = session.scalars(
             sa.select(model).where(
                 sa.or_(
                     *(
-                        sa.and_(model.workflow_id == wid, model.sequence == seq)
-                        for wid, seq in last_sequences
+                        sa.and_(model.sequence == sequence, model.workflow_id.in_(ids))
+                        for sequence, ids in by_sequence.items()
                     )
                 )
             )
@@ -469,7 +492,9 @@ def workflow_activity(geneva: Any, workflows: Iterable[Any]) -> dict[Any, Workfl
     active_rows = session.scalars(
         sa.select(model).where(
             model.workflow_id.in_(ids),
-            model.state.in_([StepState.SCHEDULED.value, StepState.IN_PROGRESS.value]),
+            model.state.in_(
+                [_literal(StepState.SCHEDULED.value), _literal(StepState.IN_PROGRESS.value)]
+            ),
         )
     )
     active = {row.workflow_id: row for row in active_rows}
@@ -493,7 +518,8 @@ class Health:
     stuck_in_progress: list[tuple[Any, Any]]
     stuck_in_progress_count: Count
     stuck_scheduled_threshold: timedelta
-    #: ``(execution, workflow)`` past due by more than :data:`OVERDUE_GRACE`, not paused.
+    #: ``(execution, workflow)`` due more than :data:`OVERDUE_GRACE` ago and still waiting
+    #: for a worker, oldest first (a paused workflow's kept execution waits for resume()).
     overdue_scheduled: list[tuple[Any, Any]]
     overdue_scheduled_count: Count
     #: ``(workflow, last execution)`` of the most recently paused workflows.
@@ -543,12 +569,18 @@ def health(
         .limit(1)
     )
     outbox_due_query = (
-        sa.select(sa.literal(1)).select_from(outbox).where(outbox.c.available_at <= now)
+        sa.select(sa.literal(1))
+        .select_from(outbox)
+        .where(outbox.c.available_at <= now)
+        .order_by(outbox.c.available_at)
     )
 
     # geneva_step_executions_in_progress (started_at) WHERE state = 'in_progress'
     stuck_before = now - stuck_in_progress_threshold
-    stuck_where = (ex.state == StepState.IN_PROGRESS.value, ex.started_at < stuck_before)
+    stuck_where = (
+        ex.state == _literal(StepState.IN_PROGRESS.value),
+        ex.started_at < stuck_before,
+    )
     stuck = session.execute(
         sa.select(ex, wf)
         .join(wf, wf.id == ex.workflow_id)
@@ -556,26 +588,40 @@ def health(
         .order_by(ex.started_at)
         .limit(limit)
     ).all()
-    stuck_query = sa.select(sa.literal(1)).select_from(ex.__table__).where(*stuck_where)
+    stuck_query = (
+        sa.select(sa.literal(1))
+        .select_from(ex.__table__)
+        .where(*stuck_where)
+        .order_by(ex.started_at)
+    )
 
-    # geneva_step_executions_scheduled (scheduled_for) WHERE state = 'scheduled'; a paused
-    # workflow's kept execution is not overdue: it waits for resume().
-    overdue_where = (
-        ex.state == StepState.SCHEDULED.value,
-        ex.scheduled_for < now - OVERDUE_GRACE,
-        wf.state != WorkflowState.PAUSED.value,
+    # A scheduled step of a ready workflow keeps its outbox row until a worker claims it;
+    # a paused workflow's kept execution has none (pause() withdrew it), and waits for
+    # resume(), not for a worker. So the outbox's index (available_at) finds exactly the
+    # overdue steps, without reading past the kept executions of paused workflows.
+    overdue_before = now - OVERDUE_GRACE
+    # The oldest rows first, then their executions: joined before the LIMIT, PostgreSQL
+    # would fetch and sort every overdue row (it underestimates how many are scheduled).
+    oldest_rows = (
+        sa.select(outbox.c.execution_id, outbox.c.available_at)
+        .where(outbox.c.available_at < overdue_before)
+        .order_by(outbox.c.available_at)
+        .limit(limit)
+        .subquery("oldest_overdue")
     )
     overdue = session.execute(
         sa.select(ex, wf)
-        .join(wf, wf.id == ex.workflow_id)
-        .where(*overdue_where)
-        .order_by(ex.scheduled_for)
-        .limit(limit)
+        .select_from(oldest_rows)
+        .join(ex.__table__, ex.id == oldest_rows.c.execution_id)
+        .join(wf.__table__, wf.id == ex.workflow_id)
+        .where(ex.state == _literal(StepState.SCHEDULED.value))
+        .order_by(oldest_rows.c.available_at)
     ).all()
     overdue_query = (
         sa.select(sa.literal(1))
-        .select_from(ex.__table__.join(wf.__table__, wf.id == ex.workflow_id))
-        .where(*overdue_where)
+        .select_from(outbox)
+        .where(outbox.c.available_at < overdue_before)
+        .order_by(outbox.c.available_at)
     )
 
     outbox_due, stuck_count, overdue_count = _run_capped_counts(
@@ -586,7 +632,7 @@ def health(
     paused_workflows = list(
         session.scalars(
             sa.select(wf)
-            .where(wf.state == WorkflowState.PAUSED.value)
+            .where(wf.state == _literal(WorkflowState.PAUSED.value))
             .order_by(wf.transitioned_at.desc())
             .limit(limit)
         )

@@ -137,7 +137,7 @@ def test_page_limits(app: Flask) -> None:
     with pytest.raises(QueryError, match="limit"):
         queries.workflow_page(geneva, WorkflowFilters(), limit=0)
     with pytest.raises(QueryError, match="limit"):
-        queries.workflow_page(geneva, WorkflowFilters(), limit=501)
+        queries.workflow_page(geneva, WorkflowFilters(), limit=201)
 
 
 def test_cursors() -> None:

@@ -35,6 +35,7 @@ from werkzeug.exceptions import HTTPException
 
 from flask_geneva import queries
 from flask_geneva.queries import (
+    CLASS_COUNT_CAP,
     COUNT_CAP,
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -135,6 +136,7 @@ def template_helpers() -> dict[str, Any]:
         "workflow_states": DISPLAY_STATES,
         "page_url": _page_url,
         "count_cap": COUNT_CAP,
+        "class_count_cap": CLASS_COUNT_CAP,
     }
 
 
@@ -160,6 +162,7 @@ def overview() -> Any:
         return jsonify(
             generated_at=present.iso_time(now),
             count_cap=COUNT_CAP,
+            class_count_cap=CLASS_COUNT_CAP,
             counts={s: serialize.count_json(c) for s, c in by_state.items()},
             classes=[
                 {
@@ -206,7 +209,7 @@ def workflows() -> Any:
         activity=activity,
         classes=classes,
         unknown_class=filters.workflow is not None and filters.workflow not in classes,
-        page_sizes=(25, DEFAULT_PAGE_SIZE, 100, 250),
+        page_sizes=(25, DEFAULT_PAGE_SIZE, 100, MAX_PAGE_SIZE),
     )
 
 
