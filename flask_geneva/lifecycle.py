@@ -70,12 +70,13 @@ def _checked_data(cls: Any, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}.create(data=...) takes a dict, got {type(data).__name__}")
     try:
-        json.dumps(data)
+        # Round-tripped, so the dict in memory is what the database will give back
+        # (tuples become lists, keys become strings).
+        return dict(json.loads(json.dumps(data)))
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"{cls.__name__}.create(data=...) must be JSON-serialisable: {error}"
         ) from None
-    return dict(data)
 
 
 def _refuse_second_ongoing(session: Any, cls: Any, hero_type: str, hero_id: str | None) -> None:

@@ -280,6 +280,13 @@ def _prepare_workflow_class(cls: type) -> None:
     for flag in ("may_proceed_without_hero", "allow_multiple"):
         if not isinstance(getattr(cls, flag), bool):
             raise StepConfigurationError(f"{cls.__qualname__}: {flag} must be True or False")
+    previous = cls._geneva.workflow_classes.get(identity)  # type: ignore[attr-defined]
+    if previous is not None and not _redefines(previous, cls):
+        raise StepConfigurationError(
+            f"{cls.__module__}.{cls.__qualname__}: the workflow name {identity!r} is already "
+            f"taken by {previous.__module__}.{previous.__qualname__}, and rows of one would "
+            f"load as the other; set workflow_name = '...' on one of them"
+        )
     cls._geneva_definition = dsl.build_definition(cls, parent._geneva_definition)  # type: ignore[attr-defined]
     cls._geneva_identity = identity  # type: ignore[attr-defined]
     mapper_args = dict(cls.__dict__.get("__mapper_args__", {}))
@@ -289,10 +296,17 @@ def _prepare_workflow_class(cls: type) -> None:
     # the old one instead of making SQLAlchemy warn about a duplicate identity.
     base_mapper = sa_inspect(cls._geneva.Workflow)  # type: ignore[attr-defined]
     base_mapper.polymorphic_map.pop(identity, None)
-    previous = cls._geneva.workflow_classes.get(identity)  # type: ignore[attr-defined]
     if previous is not None and previous.__name__ == cls.__name__:
         _forget_class(base_mapper.registry, previous)
     cls._geneva.register_workflow_class(cls)  # type: ignore[attr-defined]
+
+
+def _redefines(previous: type, cls: type) -> bool:
+    """Whether ``cls`` is a new definition of ``previous`` (a reloaded module, or a class
+    defined inside a function, as tests do), not another class under the same name."""
+    same_place = (previous.__module__, previous.__qualname__) == (cls.__module__, cls.__qualname__)
+    both_local = "<locals>" in previous.__qualname__ and "<locals>" in cls.__qualname__
+    return same_place or both_local
 
 
 def _forget_class(registry: Any, previous: type) -> None:

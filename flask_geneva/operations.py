@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from flask_geneva import transitions
 from flask_geneva.errors import InvalidStateError
@@ -24,7 +25,11 @@ def _describe(workflow: Any) -> str:
     return f"{workflow.workflow_class} #{workflow.id}"
 
 
-def _lock(workflow: Any, action: str, allowed: tuple[WorkflowState, ...]) -> Session:
+def _lock(
+    workflow: Any, action: str, allowed: tuple[WorkflowState, ...]
+) -> tuple[Session, Any]:
+    """Lock the workflow's row and check its state; returns the session and the locked
+    instance (``workflow`` itself, unless ``workflow`` is not in a session)."""
     geneva = workflow._geneva
     session = sa.orm.object_session(workflow) or geneva.db.session
     if workflow.id is None:
@@ -38,7 +43,15 @@ def _lock(workflow: Any, action: str, allowed: tuple[WorkflowState, ...]) -> Ses
             f"cannot {action} {_describe(workflow)}: it is {locked.state}, and {action}() "
             f"needs it {allowed_text}"
         )
-    return session
+    return session, locked
+
+
+def _done(session: Session, workflow: Any, locked: Any) -> None:
+    """Flush the action; a caller's detached instance is told the new values too."""
+    session.flush()
+    if locked is not workflow:
+        for attribute in sa.inspect(type(locked)).column_attrs:
+            set_committed_value(workflow, attribute.key, getattr(locked, attribute.key))
 
 
 def _scheduled_execution(session: Session, workflow: Any) -> Any:
@@ -55,25 +68,25 @@ def _scheduled_execution(session: Session, workflow: Any) -> Any:
 
 def cancel_workflow(workflow: Any) -> None:
     """Cancel a ready or paused workflow; its scheduled execution is canceled."""
-    session = _lock(workflow, "cancel", (WorkflowState.READY, WorkflowState.PAUSED))
+    session, locked = _lock(workflow, "cancel", (WorkflowState.READY, WorkflowState.PAUSED))
     now = utcnow()
-    execution = _scheduled_execution(session, workflow)
+    execution = _scheduled_execution(session, locked)
     if execution is not None:
         transitions.end_execution(execution, StepState.CANCELED, StepOutcome.CANCELED, now)
-        transitions.withdraw(session, workflow, execution)
-    transitions.cancel(workflow, now)
-    session.flush()
+        transitions.withdraw(session, locked, execution)
+    transitions.cancel(locked, now)
+    _done(session, workflow, locked)
 
 
 def pause_workflow(workflow: Any) -> None:
     """Pause a ready workflow; its scheduled execution is kept and runs after resume()."""
-    session = _lock(workflow, "pause", (WorkflowState.READY,))
+    session, locked = _lock(workflow, "pause", (WorkflowState.READY,))
     now = utcnow()
-    execution = _scheduled_execution(session, workflow)
+    execution = _scheduled_execution(session, locked)
     if execution is not None:
-        transitions.withdraw(session, workflow, execution)
-    transitions.pause_at(workflow, workflow.next_step_name, now)
-    session.flush()
+        transitions.withdraw(session, locked, execution)
+    transitions.pause_at(locked, locked.next_step_name, now)
+    _done(session, workflow, locked)
 
 
 def resume_workflow(workflow: Any) -> None:
@@ -82,44 +95,44 @@ def resume_workflow(workflow: Any) -> None:
     A kept scheduled execution runs at its original time (at once if overdue); otherwise
     a new execution of ``next_step_name`` is scheduled now, which retries a failed step.
     """
-    session = _lock(workflow, "resume", (WorkflowState.PAUSED,))
+    session, locked = _lock(workflow, "resume", (WorkflowState.PAUSED,))
     now = utcnow()
-    execution = _scheduled_execution(session, workflow)
+    execution = _scheduled_execution(session, locked)
     if execution is not None:
-        workflow.state = WorkflowState.READY
-        workflow.updated_at = now
-        workflow.next_step_name = execution.step_name
-        enqueue_outbox(session, workflow, execution, max(execution.scheduled_for, now), now=now)
-        session.flush()
+        locked.state = WorkflowState.READY
+        locked.updated_at = now
+        locked.next_step_name = execution.step_name
+        enqueue_outbox(session, locked, execution, max(execution.scheduled_for, now), now=now)
+        _done(session, workflow, locked)
         return
-    step_name = workflow.next_step_name
+    step_name = locked.next_step_name
     if step_name is None:
-        raise InvalidStateError(f"cannot resume {_describe(workflow)}: it has no next step")
-    _require_step(workflow, step_name, "resume")
-    transitions.schedule_again(session, workflow, step_name, timedelta(0), now)
-    session.flush()
+        raise InvalidStateError(f"cannot resume {_describe(locked)}: it has no next step")
+    _require_step(locked, step_name, "resume")
+    transitions.schedule_again(session, locked, step_name, timedelta(0), now)
+    _done(session, workflow, locked)
 
 
 def skip_step(workflow: Any) -> None:
     """Skip the pending step of a ready or paused workflow and schedule the next one."""
-    session = _lock(workflow, "skip", (WorkflowState.READY, WorkflowState.PAUSED))
+    session, locked = _lock(workflow, "skip", (WorkflowState.READY, WorkflowState.PAUSED))
     now = utcnow()
-    execution = _scheduled_execution(session, workflow)
-    step_name = execution.step_name if execution is not None else workflow.next_step_name
+    execution = _scheduled_execution(session, locked)
+    step_name = execution.step_name if execution is not None else locked.next_step_name
     if step_name is None:
-        raise InvalidStateError(f"cannot skip {_describe(workflow)}: it has no pending step")
-    _require_step(workflow, step_name, "skip")
+        raise InvalidStateError(f"cannot skip {_describe(locked)}: it has no pending step")
+    _require_step(locked, step_name, "skip")
     if execution is not None:
         transitions.end_execution(execution, StepState.SKIPPED, StepOutcome.SKIPPED, now)
-        transitions.withdraw(session, workflow, execution)
+        transitions.withdraw(session, locked, execution)
         session.flush()
     else:
         transitions.add_ended_execution(
-            session, workflow, step_name, StepState.SKIPPED, StepOutcome.SKIPPED, now
+            session, locked, step_name, StepState.SKIPPED, StepOutcome.SKIPPED, now
         )
-    workflow.previous_step_name = step_name
-    transitions.advance(session, workflow, type(workflow)._geneva_definition, step_name, now)
-    session.flush()
+    locked.previous_step_name = step_name
+    transitions.advance(session, locked, type(locked)._geneva_definition, step_name, now)
+    _done(session, workflow, locked)
 
 
 def _require_step(workflow: Any, step_name: str, action: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import dramatiq
 import pytest
 import sqlalchemy as sa
 
@@ -81,3 +82,22 @@ def test_create_commits_together_with_the_callers_writes(app, user):
 def test_create_on_the_base_class_is_refused(app, user):
     with pytest.raises(TypeError, match=r"not on geneva\.Workflow itself"):
         geneva.Workflow.create(hero=user)
+
+
+def test_step_job_options_reach_the_step_message(app, user):
+    class SlowLaneWorkflow(geneva.Workflow):
+        step_job_options = {"queue_name": "slow_lane", "priority": 7, "time_limit": 90_000}
+
+        @step
+        def crunch(self):
+            pass
+
+    wf = SlowLaneWorkflow.create(hero=user)
+    [row] = outbox_rows(wf)
+    assert (row.queue_name, row.priority, row.time_limit_ms) == ("slow_lane", 7, 90_000)
+    db.session.commit()
+    broker = app.extensions["geneva"].broker
+    [message] = [dramatiq.Message.decode(data) for data in list(broker.queues["slow_lane"].queue)]
+    assert message.args == (scheduled_execution(wf).id,)
+    assert message.options["time_limit"] == 90_000
+    assert broker.get_actor(message.actor_name).priority == 7

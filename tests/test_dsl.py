@@ -533,3 +533,28 @@ def test_a_workflow_with_no_steps_finishes_at_once(app, user):
     assert wf.state == "finished"
     assert wf.transitioned_at is not None
     assert wf.execution_history == []
+
+
+def _define_in_module(module, body="pass"):
+    """Define ``CollidingNameWorkflow`` at the top level of a (pretend) module."""
+    namespace = {"__name__": module, "geneva": geneva, "step": step}
+    source = "class CollidingNameWorkflow(geneva.Workflow):\n" + "".join(
+        f"    {line}\n" for line in body.strip().splitlines()
+    )
+    exec(compile(source, f"<{module}>", "exec"), namespace)
+    return namespace["CollidingNameWorkflow"]
+
+
+def test_two_modules_cannot_share_a_workflow_name_without_workflow_name():
+    first = _define_in_module("billing.workflows")
+    with pytest.raises(StepConfigurationError, match=r"already taken by billing\.workflows") as e:
+        _define_in_module("shipping.workflows")
+    assert "set workflow_name" in str(e.value)
+    assert geneva.workflow_classes["CollidingNameWorkflow"] is first
+    # The same module defining it again (a reload) replaces it...
+    again = _define_in_module("billing.workflows")
+    assert geneva.workflow_classes["CollidingNameWorkflow"] is again
+    # ...and workflow_name lets the other module's class live beside it.
+    other = _define_in_module("shipping.workflows", "workflow_name = 'shipping.Colliding'")
+    assert geneva.workflow_classes["shipping.Colliding"] is other
+    assert geneva.workflow_classes["CollidingNameWorkflow"] is again

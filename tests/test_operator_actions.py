@@ -267,3 +267,20 @@ def test_actions_leave_the_commit_to_the_caller(app, user, action):
     db.session.rollback()
     assert _snapshot(db.session, wf.id) == before
     assert wf.state == "ready"
+
+
+@pytest.mark.parametrize(
+    ("action", "state"), [("cancel", "canceled"), ("pause", "paused"), ("skip", "ready")]
+)
+def test_an_action_on_an_instance_outside_the_session(app, user, action, state):
+    """A workflow loaded earlier and detached from its session (a web request's object
+    kept after the request ended) acts on the row and learns the new state."""
+    wf = _in_state("ready", user)
+    workflow_id = wf.id
+    db.session.expunge(wf)
+    getattr(wf, action)()
+    db.session.commit()
+    assert wf.state == state
+    fresh = db.session.get(geneva.Workflow, workflow_id)
+    assert fresh.state == state
+    assert fresh.next_step_name == wf.next_step_name

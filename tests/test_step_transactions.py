@@ -182,3 +182,15 @@ def test_writes_of_a_step_whose_execution_was_recovered_meanwhile_are_discarded(
     assert history(wf) == [("slow", "completed", "recovered")]
     assert wf.data == {}
     assert wf.state == "performing"  # untouched by the step: recovery owns it
+
+
+def test_data_reads_the_same_before_and_after_it_is_stored(app, user):
+    class RoundTripWorkflow(geneva.Workflow):
+        @step
+        def only(self):
+            pass
+
+    wf = RoundTripWorkflow.create(hero=user, data={"pair": (1, 2), 3: "three"})
+    assert wf.data == {"pair": [1, 2], "3": "three"}
+    db.session.commit()
+    assert reload(wf).data == {"pair": [1, 2], "3": "three"}
