@@ -9,7 +9,13 @@ import sqlalchemy as sa
 from flask_geneva import step
 from flask_geneva.executor import execute_step
 from flask_geneva.testing import perform_next_step
-from tests.helpers import history, note_texts, reload, scheduled_execution
+from tests.helpers import (
+    history,
+    note_texts,
+    published_execution_ids,
+    reload,
+    scheduled_execution,
+)
 from tests.models import Note, User, db, geneva
 
 
@@ -194,3 +200,35 @@ def test_data_reads_the_same_before_and_after_it_is_stored(app, user):
     assert wf.data == {"pair": [1, 2], "3": "three"}
     db.session.commit()
     assert reload(wf).data == {"pair": [1, 2], "3": "three"}
+
+
+def test_a_workflow_started_by_a_step_starts_with_the_steps_outcome(app, user):
+    class ChildWorkflow(geneva.Workflow):
+        allow_multiple = True
+
+        @step
+        def only(self):
+            pass
+
+    class ParentWorkflow(geneva.Workflow):
+        @step
+        def spawn(self):
+            ChildWorkflow.create(hero=self.hero)
+            if self.data.get("fail"):
+                raise RuntimeError("spawned, then failed")
+
+    children = sa.select(sa.func.count()).select_from(ChildWorkflow)
+    ok = ParentWorkflow.create(hero=user)
+    db.session.commit()
+    perform_next_step(ok)
+    assert db.session.scalar(children) == 1
+    [child] = db.session.scalars(sa.select(ChildWorkflow)).all()
+    assert scheduled_execution(child).id in published_execution_ids(app)
+
+    failing = ParentWorkflow.create(hero=user, data={"fail": True})
+    db.session.commit()
+    before = published_execution_ids(app)
+    with pytest.raises(RuntimeError):
+        perform_next_step(failing)
+    assert db.session.scalar(children) == 1  # the failed step started nothing
+    assert published_execution_ids(app) == before
