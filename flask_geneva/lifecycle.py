@@ -48,11 +48,12 @@ def create_workflow(cls: Any, hero: Any = None, data: dict[str, Any] | None = No
     if not definition.steps:
         workflow.state = WorkflowState.FINISHED
         workflow.transitioned_at = now
+    session.flush()  # the caller's pending writes: their errors are theirs, raised as they are
     session.add(workflow)
     try:
         session.flush()
     except sa.exc.IntegrityError as error:
-        if "geneva_workflows_one_ongoing" in str(error.orig) or "UNIQUE" in str(error.orig):
+        if _is_one_ongoing_violation(error):
             raise WorkflowAlreadyOngoing(
                 f"{cls.__name__} is already ongoing for {hero_type}:{hero_id} "
                 f"(created concurrently); roll back the session"
@@ -62,6 +63,15 @@ def create_workflow(cls: Any, hero: Any = None, data: dict[str, Any] | None = No
         first = definition.steps[0]
         schedule_step(session, workflow, first.name, now + first.wait, now=now)
     return workflow
+
+
+def _is_one_ongoing_violation(error: sa.exc.IntegrityError) -> bool:
+    """Whether ``error`` is the unique index on ongoing workflows refusing a row
+    (PostgreSQL names the index; SQLite lists its columns)."""
+    message = str(error.orig)
+    return "geneva_workflows_one_ongoing" in message or (
+        "geneva_workflows.workflow_class" in message
+    )
 
 
 def _checked_data(cls: Any, data: Any) -> dict[str, Any]:

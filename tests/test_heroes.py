@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from flask_geneva import WorkflowAlreadyOngoing, step
 from flask_geneva.testing import perform_next_step, speedrun_workflow
 from tests.helpers import reload
-from tests.models import Document, User, db, geneva
+from tests.models import Document, Note, User, db, geneva
 
 
 class HeroWorkflow(geneva.Workflow):
@@ -198,3 +198,13 @@ def test_the_unique_index_refuses_what_the_check_cannot_see(app, user):
                 created_at=now, updated_at=now,
             )
         )
+
+
+def test_a_callers_own_integrity_error_is_not_mistaken_for_an_ongoing_workflow(app, user):
+    with db.engine.begin() as other:
+        other.execute(Note.__table__.insert().values(id=5, text="already there"))
+    db.session.add(Note(id=5, text="same key"))  # the caller's own mistake
+    with pytest.raises(sa.exc.IntegrityError) as raised:
+        SharedHeroWorkflow.create(hero=user)
+    assert not isinstance(raised.value, WorkflowAlreadyOngoing)
+    db.session.rollback()

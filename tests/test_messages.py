@@ -113,3 +113,10 @@ def test_an_early_message_runs_nothing_until_the_execution_is_due(workflow, capl
     assert any("is not due until" in m for m in _messages(caplog))
     assert note_texts() == ["first ran"]
     assert scheduled_execution(workflow).id == later.id
+
+
+def test_the_dramatiq_message_id_is_recorded_on_the_execution(workflow):
+    execution_id = scheduled_execution(workflow).id
+    execute_step(geneva, execution_id, message_id="a1b2c3")
+    db.session.expire_all()
+    assert db.session.get(geneva.StepExecution, execution_id).message_id == "a1b2c3"
