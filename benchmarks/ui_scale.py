@@ -13,7 +13,7 @@ plan reads the geneva tables with a sequential scan.
     .venv/bin/python benchmarks/ui_scale.py --report /tmp/ui_scale.md
 
 The data (per thousand workflows): 860 finished, 50 canceled, 60 ready (one in a
-hundred of them overdue by 20 minutes, the rest due within 17 hours), 25 paused (two
+hundred of them overdue by 20 minutes, the rest due in one to two days), 25 paused (two
 thirds on a failed step with its error and backtrace, one third paused by an operator
 with its scheduled step kept), 5 performing (one in ten stuck for two hours). One
 workflow in forty has an earlier failed, reattempted attempt. Heroes: ``User`` (four
@@ -178,15 +178,18 @@ SELECT (w.id - 1) * 5 + k, w.id, k, {stepk},
       WHEN w.state = 'paused' AND w.id % 3 <> 0 THEN 'failed'
     END,
     CASE
-      WHEN k = 5 AND w.state = 'ready' AND w.id % 100 = 0 THEN now() - interval '20 minutes'
-      WHEN k = 5 AND w.state = 'ready' THEN now() + (w.id % 1000 + 1) * interval '1 minute'
+      WHEN k = 5 AND w.state = 'ready' AND (w.id / 1000) % 100 = 0
+        THEN now() - interval '20 minutes'
+      WHEN k = 5 AND w.state = 'ready'
+        THEN now() + interval '1 day' + (w.id % 1000) * interval '1 minute'
       WHEN k = 5 AND w.state = 'performing' THEN now() - interval '3 hours'
       ELSE w.created_at + (k - 1) * interval '1 minute'
     END,
     CASE
       WHEN k = 5 AND w.state IN ('ready') THEN NULL
       WHEN k = 5 AND w.state = 'paused' AND w.id % 3 = 0 THEN NULL
-      WHEN k = 5 AND w.state = 'performing' AND w.id % 10 = 0 THEN now() - interval '2 hours'
+      WHEN k = 5 AND w.state = 'performing' AND (w.id / 1000) % 10 = 0
+        THEN now() - interval '2 hours'
       WHEN k = 5 AND w.state = 'performing' THEN now() - interval '20 seconds'
       ELSE w.created_at + (k - 1) * interval '1 minute' + interval '50 milliseconds'
     END,
@@ -411,7 +414,7 @@ def pick_pages(app: Flask, workflows: int) -> list[tuple[str, str]]:
         ("list workflow+state=ready", "/geneva/workflows?workflow=InvoiceWorkflow&state=ready"),
         ("list hero_type=Document", "/geneva/workflows?hero_type=Document"),
         ("list hero=User:id", f"/geneva/workflows?hero=User:{workflows // 10}"),
-        ("list limit=200 (the most)", "/geneva/workflows?limit=200"),
+        ("list limit=100 (the most)", "/geneva/workflows?limit=100"),
         ("workflow (finished)", f"/geneva/workflows/{finished}"),
         ("workflow (paused, error)", f"/geneva/workflows/{paused}"),
         ("workflow (ready)", f"/geneva/workflows/{ready}"),
@@ -471,6 +474,45 @@ def report(results: list[PageResult], workflows: int, exact_ms: float) -> str:
     return "\n".join(lines)
 
 
+def screenshot(app: Flask, path: str, target: Path) -> None:
+    """Serve ``app`` on 127.0.0.1 and save a full-page chromium screenshot of ``path``."""
+    import tempfile
+    import threading
+
+    from playwright.sync_api import sync_playwright
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path="/usr/bin/chromium",
+                headless=True,
+                viewport={"width": 1440, "height": 900},
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
+            page = context.new_page()
+            page.goto(f"http://127.0.0.1:{server.server_port}{path}")
+            page.screenshot(path=str(target), full_page=True)
+            context.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    _log(f"saved {target}")
+
+
 def make_app(database: str) -> Flask:
     app = Flask("ui_scale")
     app.config.update(
@@ -491,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--report", type=Path, help="also write the Markdown report here")
     parser.add_argument("--only", help="time only the pages whose name contains this")
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        help="also save the overview, as Debian's chromium renders it, to this PNG file",
+    )
     args = parser.parse_args(argv)
 
     engine = sa.create_engine(f"{SERVER_URL}/postgres")
@@ -511,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reseed or count != args.workflows:
         _log(f"seeding {args.workflows:,} workflows into {args.database} ...")
         seed(app, args.workflows)
+    if args.screenshot:
+        screenshot(app, "/geneva/", args.screenshot)
     pages = pick_pages(app, args.workflows)
     if args.only:
         pages = [page for page in pages if args.only in page[0]]

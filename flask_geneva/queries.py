@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -31,7 +31,7 @@ CLASS_COUNT_CAP: Final = 1_000
 #: normally start within milliseconds of their due time, so a few seconds means trouble.
 OVERDUE_GRACE: Final = timedelta(seconds=30)
 #: The most workflows a list page shows.
-MAX_PAGE_SIZE: Final = 200
+MAX_PAGE_SIZE: Final = 100
 #: The list page size when none is asked for.
 DEFAULT_PAGE_SIZE: Final = 50
 #: How many rows each health list (stuck, overdue, paused, failures) shows.
@@ -188,23 +188,80 @@ def _capped_count_column(query: sa.Select[Any], cap: int) -> sa.ScalarSelect[Any
     return sa.select(sa.func.count()).select_from(limited).scalar_subquery()
 
 
-def _run_capped_counts(geneva: Any, queries: Sequence[sa.Select[Any]], cap: int) -> list[Count]:
-    """Run many capped counts in one round trip; estimate the capped ones on PostgreSQL."""
+def _run_capped_counts(
+    geneva: Any,
+    queries: Sequence[sa.Select[Any]],
+    cap: int,
+    estimate: Callable[[int, sa.Select[Any]], int | None] | None = None,
+) -> list[Count]:
+    """Run many capped counts in one round trip; estimate the capped ones on PostgreSQL.
+
+    ``estimate(index, query)`` gives the estimate of a capped count; by default each is
+    asked of the planner (:func:`planner_estimate`, one round trip each).
+    """
     if not queries:
         return []
     session = geneva.db.session
     columns = [_capped_count_column(q, cap).label(f"c{i}") for i, q in enumerate(queries)]
     row = session.execute(sa.select(*columns)).one()
     counts: list[Count] = []
-    for query, value in zip(queries, row, strict=True):
+    for index, (query, value) in enumerate(zip(queries, row, strict=True)):
         if value <= cap:
             counts.append(Count(int(value)))
-        else:
-            estimate = planner_estimate(geneva, query)
-            counts.append(
-                Count(cap, capped=True, estimate=estimate if estimate and estimate > cap else None)
-            )
+            continue
+        guess = estimate(index, query) if estimate else planner_estimate(geneva, query)
+        counts.append(Count(cap, capped=True, estimate=guess if guess and guess > cap else None))
     return counts
+
+
+@dataclass(frozen=True)
+class WorkflowStatistics:
+    """PostgreSQL's statistics of ``geneva_workflows`` (``pg_class``, ``pg_stats``).
+
+    ``rows`` is the table's estimated row count; ``frequencies`` the fraction of rows
+    holding each common value of ``state`` and ``workflow_class``. An estimate from them
+    is the planner's own for ``state = ...`` (and ``workflow_class = ...``), for the price
+    of one query instead of one ``EXPLAIN`` per count.
+    """
+
+    rows: float
+    frequencies: dict[str, dict[str, float]]
+
+    def estimate(self, **values: str) -> int | None:
+        """Estimated rows with these column values (``state=``, ``workflow_class=``)."""
+        fraction = 1.0
+        for column, value in values.items():
+            frequency = self.frequencies.get(column, {}).get(value)
+            if frequency is None:
+                return None
+            fraction *= frequency
+        return round(self.rows * fraction)
+
+
+def workflow_statistics(geneva: Any) -> WorkflowStatistics | None:
+    """Read the planner's statistics of the workflows table (None when there are none)."""
+    session = geneva.db.session
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    table = geneva.Workflow.__table__.name
+    rows = session.scalar(
+        sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:table)"),
+        {"table": table},
+    )
+    if rows is None or rows <= 0:
+        return None  # never analyzed
+    frequencies: dict[str, dict[str, float]] = {}
+    for column, values, fractions in session.execute(
+        sa.text(
+            "SELECT attname, most_common_vals::text::text[], most_common_freqs FROM pg_stats "
+            "WHERE schemaname = current_schema() AND tablename = :table "
+            "AND attname IN ('state', 'workflow_class')"
+        ),
+        {"table": table},
+    ):
+        if values is not None and fractions is not None:
+            frequencies[column] = dict(zip(values, fractions, strict=False))
+    return WorkflowStatistics(float(rows), frequencies)
 
 
 def planner_estimate(geneva: Any, query: sa.Select[Any]) -> int | None:
@@ -237,8 +294,26 @@ def state_counts(geneva: Any, cap: int = COUNT_CAP) -> dict[str, Count]:
     however many finished workflows the table holds.
     """
     states = [state.value for state in WorkflowState]
-    counts = _run_capped_counts(geneva, [_state_query(geneva, s) for s in states], cap)
+    statistics = _lazy_statistics(geneva)
+    counts = _run_capped_counts(
+        geneva,
+        [_state_query(geneva, s) for s in states],
+        cap,
+        lambda index, _query: statistics().estimate(state=states[index]),
+    )
     return dict(zip(states, counts, strict=True))
+
+
+def _lazy_statistics(geneva: Any) -> Callable[[], WorkflowStatistics]:
+    """Read :func:`workflow_statistics` once, and only if a count needs an estimate."""
+    cache: list[WorkflowStatistics] = []
+
+    def get() -> WorkflowStatistics:
+        if not cache:
+            cache.append(workflow_statistics(geneva) or WorkflowStatistics(0.0, {}))
+        return cache[0]
+
+    return get
 
 
 def stored_workflow_classes(geneva: Any) -> list[str]:
@@ -282,10 +357,18 @@ def class_counts(geneva: Any, cap: int = CLASS_COUNT_CAP) -> list[ClassCounts]:
     names = sorted(set(stored) | set(geneva.workflow_classes))
     in_table = set(stored)
     states = [state.value for state in WorkflowState]
-    queries = [
-        _state_query(geneva, state, name) for name in names if name in in_table for state in states
-    ]
-    counts = iter(_run_capped_counts(geneva, queries, cap))
+    cells = [(name, state) for name in names if name in in_table for state in states]
+    statistics = _lazy_statistics(geneva)
+    counts = iter(
+        _run_capped_counts(
+            geneva,
+            [_state_query(geneva, state, name) for name, state in cells],
+            cap,
+            lambda index, _query: statistics().estimate(
+                workflow_class=cells[index][0], state=cells[index][1]
+            ),
+        )
+    )
     result = []
     for name in names:
         if name in in_table:

@@ -137,7 +137,7 @@ def test_page_limits(app: Flask) -> None:
     with pytest.raises(QueryError, match="limit"):
         queries.workflow_page(geneva, WorkflowFilters(), limit=0)
     with pytest.raises(QueryError, match="limit"):
-        queries.workflow_page(geneva, WorkflowFilters(), limit=201)
+        queries.workflow_page(geneva, WorkflowFilters(), limit=101)
 
 
 def test_cursors() -> None:
@@ -282,3 +282,32 @@ def test_repeated_failures_fold() -> None:
     a, b, c, d = failure("s", "E"), failure("s", "E"), failure("s", "F"), failure("s", "F")
     grouped = present.group_repeats([(a, wf), (b, wf), (c, wf), (d, other)])
     assert [(e, w.id, n) for e, w, n in grouped] == [(a, 1, 2), (c, 1, 1), (d, 2, 1)]
+
+
+def test_estimates_come_from_the_planner_statistics(app: Flask) -> None:
+    _insert(30, state="finished", workflow_class="Big")
+    _insert(10, state="paused", workflow_class="Small")
+    if db.engine.dialect.name != "postgresql":
+        assert queries.workflow_statistics(geneva) is None
+        return
+    db.session.execute(sa.text("ANALYZE geneva_workflows"))
+    db.session.commit()
+    statistics = queries.workflow_statistics(geneva)
+    assert statistics is not None
+    assert statistics.estimate(state="finished") == 30
+    assert statistics.estimate(workflow_class="Small", state="paused") == 2  # independence
+    assert statistics.estimate(state="ready") is None  # not a common value
+    counts = queries.state_counts(geneva, cap=5)
+    assert counts["finished"] == Count(5, capped=True, estimate=30)
+    assert counts["paused"] == Count(5, capped=True, estimate=10)
+    by_name = {c.workflow_class: c for c in queries.class_counts(geneva, cap=5)}
+    assert by_name["Big"].counts["finished"] == Count(5, capped=True, estimate=22)
+
+
+def test_statistics_estimate_arithmetic() -> None:
+    statistics = queries.WorkflowStatistics(
+        1000.0, {"state": {"finished": 0.9, "ready": 0.1}, "workflow_class": {"A": 0.5}}
+    )
+    assert statistics.estimate(state="finished") == 900
+    assert statistics.estimate(state="ready", workflow_class="A") == 50
+    assert statistics.estimate(workflow_class="B") is None

@@ -209,7 +209,7 @@ def workflows() -> Any:
         activity=activity,
         classes=classes,
         unknown_class=filters.workflow is not None and filters.workflow not in classes,
-        page_sizes=(25, DEFAULT_PAGE_SIZE, 100, MAX_PAGE_SIZE),
+        page_sizes=(25, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
     )
 
 
