@@ -128,7 +128,6 @@ def template_helpers() -> dict[str, Any]:
         "count_title": present.count_title,
         "describe_condition": present.describe_condition,
         "describe_policy": present.describe_policy,
-        "short_span": present.short_span,
         "short_source": present.short_source,
         "class_defined": lambda workflow: bool(type(workflow).is_defined()),
         "overdue_grace": OVERDUE_GRACE,
