@@ -66,6 +66,11 @@ class WorkflowFilters:
             )
         if self.hero_id is not None and self.hero_type is None:
             raise QueryError("a hero id needs a hero type too")
+        for name in ("workflow", "hero_type", "hero_id"):
+            value = getattr(self, name)
+            if value is not None and "\x00" in value:
+                # PostgreSQL refuses NUL in text outright; no stored value holds one anyway.
+                raise QueryError(f"{name} must not contain a NUL character, got {value!r}")
         return self
 
     @property
@@ -401,7 +406,7 @@ class Cursor:
     def decode(cls, geneva: Any, text: str) -> Cursor:
         """Read a cursor from a URL; raises :class:`QueryError` when it is malformed."""
         micros, sep, key = text.partition("-")
-        if not sep or not micros.isdigit() or not key:
+        if not sep or not (micros.isascii() and micros.isdigit()) or not key:
             raise QueryError(
                 f"malformed page cursor {text!r}; follow the Older / Newer links instead"
             )

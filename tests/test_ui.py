@@ -228,6 +228,10 @@ def test_list_filters_show_in_the_form(client: Any, demo: Demo) -> None:
         ("before=99999999999999999999-1", "out of range"),
         ("before=1-1&after=1-1", "either before= or after="),
         ("format=xml", "format must be html or json"),
+        ("workflow=%00", "workflow must not contain a NUL character"),
+        ("hero_type=User%00&hero_id=1", "hero_type must not contain a NUL character"),
+        ("hero=User:1%00", "hero_id must not contain a NUL character"),
+        ("before=%C2%B2-1", "malformed page cursor"),
     ],
 )
 def test_malformed_filters_are_a_400(client: Any, query: str, message: str) -> None:
@@ -356,7 +360,7 @@ def test_unknown_and_malformed_workflow_ids_are_404(client: Any, demo: Demo) -> 
             "housekeeping after it finished.",
         }
     }
-    for bad in ("abc", "-1", "1.5", "%20", "0x1F"):
+    for bad in ("abc", "-1", "1.5", "%20", "0x1F", "%C2%B2", "%D9%A3", "%00"):
         response = client.get(f"/geneva/workflows/{bad}")
         assert response.status_code == 404, bad
         assert "workflow ids are whole numbers" in response.get_data(as_text=True)
@@ -628,6 +632,11 @@ def test_pages_with_uuid_keys(database_url: str) -> None:
             uuid_db.drop_all()
             for engine in uuid_db.engines.values():
                 engine.dispose()
+
+
+def test_a_hero_page_with_a_nul_character_is_a_400(client: Any) -> None:
+    assert client.get("/geneva/heroes/User/%00").status_code == 400
+    assert client.get("/geneva/heroes/%00/1?format=json").get_json()["error"]["status"] == 400
 
 
 def test_hero_ids_may_hold_slashes(client: Any) -> None:
