@@ -302,11 +302,12 @@ def _prepare_workflow_class(cls: type) -> None:
 
 
 def _redefines(previous: type, cls: type) -> bool:
-    """Whether ``cls`` is a new definition of ``previous`` (a reloaded module, or a class
-    defined inside a function, as tests do), not another class under the same name."""
+    """Whether ``cls`` may take ``previous``'s name: it is the same class defined again (a
+    reloaded module), or one of them is defined inside a function (as tests and factories
+    do, knowingly). Two module-level classes in different places may not."""
     same_place = (previous.__module__, previous.__qualname__) == (cls.__module__, cls.__qualname__)
-    both_local = "<locals>" in previous.__qualname__ and "<locals>" in cls.__qualname__
-    return same_place or both_local
+    local = "<locals>" in previous.__qualname__ or "<locals>" in cls.__qualname__
+    return same_place or local
 
 
 def _forget_class(registry: Any, previous: type) -> None:

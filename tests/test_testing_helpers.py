@@ -12,7 +12,7 @@ from tests.helpers import history, note_texts
 from tests.models import Note, db, geneva
 
 
-class OnboardingWorkflow(geneva.Workflow):
+class HelpersOnboardingWorkflow(geneva.Workflow):
     allow_multiple = True
 
     @step
@@ -33,7 +33,7 @@ class OnboardingWorkflow(geneva.Workflow):
 
 
 def _create(user, **data):
-    wf = OnboardingWorkflow.create(hero=user, data=data)
+    wf = HelpersOnboardingWorkflow.create(hero=user, data=data)
     db.session.commit()
     return wf
 
