@@ -44,7 +44,7 @@ from flask_geneva.flow import (
 from flask_geneva.logs import logger, workflow_logger
 from flask_geneva.models import json_snapshot
 from flask_geneva.policies import ExceptionPolicy, resolve_policy
-from flask_geneva.scheduling import lock_execution, lock_workflow
+from flask_geneva.scheduling import lock_workflow_and_execution
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
 from flask_geneva.timeutil import utcnow
 
@@ -172,20 +172,12 @@ def _claim(
     ignore_schedule: bool,
     started: float,
 ) -> _Claim | StepResult | None:
-    execution_model = geneva.StepExecution
-    workflow_id = session.scalar(
-        sa.select(execution_model.workflow_id).where(execution_model.id == key)
-    )
-    if workflow_id is None:
+    locked = lock_workflow_and_execution(session, geneva, key)
+    if locked is None:
         session.rollback()
         logger.info("step execution %s does not exist; nothing to run", key)
         return None
-    workflow = lock_workflow(session, geneva.Workflow, workflow_id)
-    execution = lock_execution(session, execution_model, key)
-    if workflow is None or execution is None:
-        session.rollback()
-        logger.info("step execution %s vanished before it could run", key)
-        return None
+    workflow, execution = locked
     log = workflow_logger(workflow, execution)
     if execution.state != StepState.SCHEDULED:
         session.rollback()
@@ -329,8 +321,10 @@ def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepRe
 
     try:
         session.flush()
-        locked = lock_workflow(session, type(workflow)._geneva.Workflow, subject.workflow_id)
-        current = lock_execution(session, type(execution), subject.execution_id)
+        rows = lock_workflow_and_execution(
+            session, type(workflow)._geneva, subject.execution_id
+        )
+        locked, current = rows if rows is not None else (None, None)
         if locked is None or current is None or current.state != StepState.IN_PROGRESS:
             session.rollback()
             log.warning(
@@ -586,16 +580,27 @@ def _send(
     since: float,
     **extra: Any,
 ) -> None:
+    """Send a signal; a receiver that raises is logged and never affects the step."""
     if not signal.receivers:
         return
-    signal.send(
-        subject.sender,
-        workflow_id=subject.workflow_id,
-        workflow_class=subject.workflow_class,
-        execution_id=subject.execution_id,
-        step_name=subject.step_name,
-        outcome=outcome,
-        exception=exception,
-        duration=time.perf_counter() - since,
+    payload = {
+        "workflow_id": subject.workflow_id,
+        "workflow_class": subject.workflow_class,
+        "execution_id": subject.execution_id,
+        "step_name": subject.step_name,
+        "outcome": outcome,
+        "exception": exception,
+        "duration": time.perf_counter() - since,
         **extra,
-    )
+    }
+    for receiver in signal.receivers_for(subject.sender):
+        try:
+            receiver(subject.sender, **payload)
+        except Exception:
+            logger.exception(
+                "a receiver of %s failed (%s #%s, step %s); the step is not affected",
+                signal.name,
+                subject.workflow_class,
+                subject.workflow_id,
+                subject.step_name,
+            )

@@ -71,6 +71,36 @@ def lock_workflow(session: Session, workflow_model: Any, workflow_id: Any) -> An
     ).one_or_none()
 
 
+def lock_workflow_and_execution(
+    session: Session, geneva: Any, execution_id: Any
+) -> tuple[Any, Any] | None:
+    """Lock an execution's workflow row, then the execution row, in one statement.
+
+    ``FROM geneva_workflows JOIN geneva_step_executions ... FOR UPDATE`` locks the rows in
+    that order (workflow first), and on a wait PostgreSQL re-reads both locked rows, so
+    what comes back is current. Returns ``(workflow, execution)``, or None when the
+    execution does not exist.
+    """
+    workflow_model, execution_model = geneva.Workflow, geneva.StepExecution
+    if is_sqlite(session):
+        table = workflow_model.__table__
+        owner = (
+            sa.select(execution_model.workflow_id)
+            .where(execution_model.id == execution_id)
+            .scalar_subquery()
+        )
+        session.execute(sa.update(table).where(table.c.id == owner).values(state=table.c.state))
+    row = session.execute(
+        sa.select(workflow_model, execution_model)
+        .select_from(workflow_model)
+        .join(execution_model, execution_model.workflow_id == workflow_model.id)
+        .where(execution_model.id == execution_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
 def lock_execution(session: Session, execution_model: Any, execution_id: Any) -> Any:
     """Lock one step-execution row (after its workflow's) and load it fresh."""
     return session.scalars(

@@ -9,7 +9,7 @@ from contextlib import contextmanager, suppress
 import pytest
 
 from flask_geneva import cancel_if, signals, step
-from flask_geneva.testing import perform_next_step
+from flask_geneva.testing import perform_next_step, speedrun_workflow
 from tests.helpers import executions
 from tests.models import db, geneva
 
@@ -205,3 +205,44 @@ def test_signals_are_sent_after_the_outcome_is_committed(app, user):
     finally:
         signals.step_finalized.disconnect(look)
     assert seen == ["completed"]
+
+
+def test_a_receiver_that_raises_does_not_affect_the_step(app, caplog) -> None:
+    geneva_signals = signals
+
+    class SturdyWorkflow(geneva.Workflow):
+        may_proceed_without_hero = True
+
+        @step
+        def only(self) -> None:
+            self.data["ran"] = True
+
+    heard: list[str] = []
+
+    def broken(sender, **payload):
+        raise RuntimeError("a broken metrics receiver")
+
+    def listening(sender, **payload):
+        heard.append(payload["outcome"])
+
+    receivers = [
+        (geneva_signals.precondition_checked, broken),
+        (geneva_signals.step_performed, broken),
+        (geneva_signals.step_finalized, broken),
+        (geneva_signals.step_finalized, listening),
+    ]
+    for signal, receiver in receivers:
+        signal.connect(receiver)
+    try:
+        workflow = SturdyWorkflow.create()
+        db.session.commit()
+        speedrun_workflow(workflow)
+    finally:
+        for signal, receiver in receivers:
+            signal.disconnect(receiver)
+    assert workflow.state == "finished"
+    assert workflow.data == {"ran": True}
+    assert heard == ["completed"]
+    failures = [r for r in caplog.records if "a receiver of" in r.getMessage()]
+    assert len(failures) == 3
+    assert all(str(r.exc_info[1]) == "a broken metrics receiver" for r in failures)
