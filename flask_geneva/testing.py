@@ -1,7 +1,10 @@
 """Helpers that run workflows synchronously in tests.
 
 Every helper commits like a worker would, refreshes the workflow before it returns, and
-lets an exception from a step propagate after its outcome is saved::
+lets an exception from a step propagate after its outcome is saved. Like a worker, each
+step runs in an app context of its own, so with a fresh ``db.session`` and a workflow
+instance loaded fresh from the database: attributes that a step sets on ``self`` are gone
+in the next step, exactly as in production::
 
     from flask_geneva.testing import speedrun_workflow, perform_next_step, perform_step
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from flask import current_app
 
 from flask_geneva import transitions
 from flask_geneva.errors import InvalidStateError
@@ -24,6 +28,12 @@ __all__ = ["perform_next_step", "perform_step", "speedrun_workflow"]
 
 def _session(workflow: Any) -> Any:
     return sa.orm.object_session(workflow) or workflow._geneva.db.session()
+
+
+def _run_like_a_worker(workflow: Any, execution_id: Any) -> None:
+    """Run one execution the way a worker does: in an app context (and session) of its own."""
+    with current_app.app_context():
+        execute_step(workflow._geneva, execution_id, ignore_schedule=True, reraise=True)
 
 
 def _scheduled_id(session: Any, workflow: Any) -> Any:
@@ -51,8 +61,9 @@ def perform_next_step(workflow: Any) -> Any:
             f"{workflow.workflow_class} #{workflow.id} has no scheduled step execution"
         )
     try:
-        execute_step(workflow._geneva, execution_id, ignore_schedule=True, reraise=True)
+        _run_like_a_worker(workflow, execution_id)
     finally:
+        session.expire_all()
         session.refresh(workflow)
     return workflow
 
@@ -90,9 +101,11 @@ def perform_step(workflow: Any, step_name: str) -> Any:
     locked.state = WorkflowState.READY
     execution = schedule_step(session, locked, step_name, now, now=now)
     session.commit()
+    execution_id = execution.id
     try:
-        execute_step(geneva, execution.id, ignore_schedule=True, reraise=True)
+        _run_like_a_worker(workflow, execution_id)
     finally:
+        session.expire_all()
         session.refresh(workflow)
     return workflow
 
