@@ -31,6 +31,7 @@ DEFAULTS: Mapping[str, Any] = {
     "GENEVA_RELAY_GRACE_PERIOD": timedelta(seconds=10),
     "GENEVA_RELAY_REPUBLISH_AFTER": timedelta(seconds=60),
     "GENEVA_WORKER_IDLE_TIMEOUT_MS": 100,
+    "GENEVA_INLINE_STEPS": 10,
 }
 
 RECOVERY_ACTIONS = ("reattempt", "cancel")
@@ -57,6 +58,7 @@ class GenevaConfig:
     relay_grace_period: timedelta
     relay_republish_after: timedelta
     worker_idle_timeout_ms: int
+    inline_steps: int
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> GenevaConfig:
@@ -114,6 +116,7 @@ class GenevaConfig:
             worker_idle_timeout_ms=_positive_int(
                 config["GENEVA_WORKER_IDLE_TIMEOUT_MS"], "GENEVA_WORKER_IDLE_TIMEOUT_MS"
             ),
+            inline_steps=_non_negative_int(config["GENEVA_INLINE_STEPS"], "GENEVA_INLINE_STEPS"),
         )
 
 
@@ -128,6 +131,12 @@ def _timedelta(value: Any, key: str) -> timedelta:
 def _positive_int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{key} must be a whole number ≥ 1, got {value!r}")
+    return value
+
+
+def _non_negative_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} must be a whole number ≥ 0, got {value!r}")
     return value
 
 

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import flag_modified
+from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 
 from flask_geneva import signals, transitions
 from flask_geneva.dsl import StepDefinition, WorkflowDefinition, evaluate_condition
@@ -44,7 +44,7 @@ from flask_geneva.flow import (
 from flask_geneva.logs import logger, workflow_logger
 from flask_geneva.models import json_snapshot
 from flask_geneva.policies import ExceptionPolicy, resolve_policy
-from flask_geneva.scheduling import lock_workflow_and_execution
+from flask_geneva.scheduling import lock_workflow_and_execution, take_for_inline_run
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
 from flask_geneva.timeutil import utcnow
 
@@ -70,6 +70,9 @@ class StepResult:
     #: ``step_performed`` outcome.
     outcome: str
     exception: BaseException | None = None
+    #: With ``inline_next``: the workflow's next execution, due at once, that the caller
+    #: should run now itself (its message was not published).
+    continue_with: Any = None
 
 
 def coerce_execution_id(geneva: Any, value: Any) -> Any:
@@ -106,12 +109,16 @@ def execute_step(
     message_id: str | None = None,
     ignore_schedule: bool = False,
     reraise: bool = False,
+    inline_next: bool = False,
 ) -> StepResult | None:
     """Run one step execution if it is due and still scheduled; never runs a body twice.
 
     Returns None when nothing ran (unknown id, already finished, paused workflow, not
     yet due, or a database error that leaves the execution for recovery). With
-    ``reraise`` the step's exception propagates after its outcome is committed.
+    ``reraise`` the step's exception propagates after its outcome is committed. With
+    ``inline_next``, when the step schedules the workflow's next step due at once, that
+    step's message is not published: the result's ``continue_with`` names it and the
+    caller runs it (a worker saves a broker round trip per step that way).
     """
     session: Session = geneva.db.session()
     try:
@@ -134,7 +141,7 @@ def execute_step(
         if reraise and isinstance(claim, StepResult) and claim.exception is not None:
             raise claim.exception
         return claim
-    result = _run_and_finalize(session, claim, started)
+    result = _run_and_finalize(session, claim, started, inline_next)
     if reraise and result is not None and result.exception is not None:
         raise result.exception
     return result
@@ -233,23 +240,19 @@ def _claim(
         verdict, error = _check_preconditions(workflow, step, definition)
     finally:
         workflow.__dict__.pop("_geneva_running", None)
-    # Set only now: the preconditions' queries would otherwise flush it on its own.
-    _mark_started(execution, now, message_id)
     policy: ExceptionPolicy | None = None
     if verdict == "exception":
         assert error is not None
         policy = resolve_policy(step.on_exception, definition.class_policies, error)
     if verdict == "passed" or (policy is not None and policy.handler is not None):
-        execution.state = StepState.IN_PROGRESS
-        workflow.state = WorkflowState.PERFORMING
-        workflow.current_step_name = step.name
-        workflow.updated_at = now
-        transitions.withdraw(session, workflow, execution)
+        _mark_in_progress(session, workflow, execution, step.name, now, message_id)
         _commit_keeping_objects(session)
         if verdict == "passed":
             _send(signals.precondition_checked, subject, "passed", None, started)
         return _Claim(workflow, execution, step, definition, subject, precondition_error=error)
 
+    # Set only now: the preconditions' queries would otherwise flush it on its own.
+    _mark_started(execution, now, message_id)
     if verdict == "canceled":
         transitions.end_execution(execution, StepState.CANCELED, StepOutcome.CANCELED, now)
         transitions.cancel(workflow, now)
@@ -265,6 +268,45 @@ def _claim(
     log.info("precondition ended execution %s: %s", subject.execution_id, verdict)
     _send(signals.precondition_checked, subject, verdict, error, started)
     return StepResult(subject.execution_id, step.name, verdict, error)
+
+
+def _mark_in_progress(
+    session: Session,
+    workflow: Any,
+    execution: Any,
+    step_name: str,
+    now: datetime,
+    message_id: str | None,
+) -> None:
+    """The claim's writes, as three plain statements (the hot path: no unit of work).
+
+    The loaded objects are given the same values as committed state, so they stay
+    current for the step body without being flushed again.
+    """
+    executions = type(execution).__table__
+    workflows = type(workflow)._geneva.Workflow.__table__
+    session.execute(
+        sa.update(executions)
+        .where(executions.c.id == execution.id)
+        .values(state=StepState.IN_PROGRESS.value, started_at=now, message_id=message_id)
+    )
+    session.execute(
+        sa.update(workflows)
+        .where(workflows.c.id == workflow.id)
+        .values(
+            state=WorkflowState.PERFORMING.value, current_step_name=step_name, updated_at=now
+        )
+    )
+    transitions.withdraw(session, workflow, execution)
+    for target, values in (
+        (execution, {"state": StepState.IN_PROGRESS, "started_at": now, "message_id": message_id}),
+        (
+            workflow,
+            {"state": WorkflowState.PERFORMING, "current_step_name": step_name, "updated_at": now},
+        ),
+    ):
+        for key, value in values.items():
+            set_committed_value(target, key, value)
 
 
 def _mark_started(execution: Any, now: datetime, message_id: str | None) -> None:
@@ -301,7 +343,9 @@ def _check_preconditions(
     return "passed", None
 
 
-def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepResult | None:
+def _run_and_finalize(
+    session: Session, claim: _Claim, started: float, inline_next: bool = False
+) -> StepResult | None:
     workflow, execution, step = claim.workflow, claim.execution, claim.step
     subject = claim.subject
     log = workflow_logger(workflow, execution)
@@ -342,6 +386,9 @@ def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepRe
         else:
             _apply_signal(session, locked, current, step, claim.definition, signal, now)
         workflow_state, step_state = str(locked.state), str(current.state)
+        continue_with = None
+        if inline_next:
+            continue_with = take_for_inline_run(session, subject.workflow_id)
         session.commit()
     except sa.exc.SQLAlchemyError:
         session.rollback()
@@ -355,7 +402,7 @@ def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepRe
         log.warning("step failed with %s: %s", type(error).__name__, error)
     if claim.precondition_error is not None:
         _send(signals.precondition_checked, subject, "exception", error, started)
-        return StepResult(subject.execution_id, step.name, "exception", error)
+        return StepResult(subject.execution_id, step.name, "exception", error, continue_with)
     _send(
         signals.step_finalized,
         subject,
@@ -365,7 +412,7 @@ def _run_and_finalize(session: Session, claim: _Claim, started: float) -> StepRe
         workflow_state=workflow_state,
         step_state=step_state,
     )
-    return StepResult(subject.execution_id, step.name, performed, error)
+    return StepResult(subject.execution_id, step.name, performed, error, continue_with)
 
 
 def _run_body(

@@ -40,6 +40,7 @@ class PendingMessage:
     time_limit_ms: int | None
     available_at: datetime
     created_at: datetime
+    workflow_id: Any = None
 
 
 def is_sqlite(session: Session) -> bool:
@@ -159,7 +160,7 @@ def enqueue_outbox(
         )
     )
     pending = PendingMessage(
-        state, execution.id, queue_name, priority, time_limit_ms, available_at, now
+        state, execution.id, queue_name, priority, time_limit_ms, available_at, now, workflow.id
     )
     _remember_for_commit(session, pending)
     if available_at > now and is_postgresql(session):
@@ -171,7 +172,8 @@ def enqueue_outbox(
 
 def drop_outbox(session: Session, outbox_model: Any, execution_id: Any) -> None:
     """Delete the outbox rows of an execution that is no longer waiting to be published."""
-    session.execute(sa.delete(outbox_model).where(outbox_model.execution_id == execution_id))
+    table = outbox_model.__table__  # a plain DELETE: no ORM bulk-delete bookkeeping
+    session.execute(sa.delete(table).where(table.c.execution_id == execution_id))
 
 
 def _remember_for_commit(session: Session, pending: PendingMessage) -> None:
@@ -183,6 +185,21 @@ def _remember_for_commit(session: Session, pending: PendingMessage) -> None:
         event.listen(session, "after_rollback", _forget_after_rollback)
         info["geneva_listening"] = True
     info[PENDING_PUBLISH_KEY].append(pending)
+
+
+def take_for_inline_run(session: Session, workflow_id: Any) -> Any:
+    """Keep the due-at-once message of ``workflow_id`` from being published after commit,
+    because the caller is going to run that execution itself; returns its id (or None).
+
+    Its outbox row stays: if the caller dies before claiming it, the relay publishes it
+    after its grace period, as for any message the fast path missed.
+    """
+    pending: list[PendingMessage] = session.info.get(PENDING_PUBLISH_KEY) or []
+    for index, message in enumerate(pending):
+        if message.workflow_id == workflow_id and message.available_at <= message.created_at:
+            del pending[index]
+            return message.execution_id
+    return None
 
 
 def _forget_after_rollback(session: Session) -> None:

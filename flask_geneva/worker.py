@@ -13,10 +13,12 @@ import contextvars
 import logging
 import os
 import threading
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 import dramatiq
+import sqlalchemy as sa
 from dramatiq.brokers.stub import StubBroker
 from flask import Flask
 
@@ -32,6 +34,9 @@ logger = logging.getLogger("flask_geneva")
 STEP_ACTOR_NAME: Final = "geneva_step"
 #: The name of the housekeeping actor.
 HOUSEKEEPING_ACTOR_NAME: Final = "geneva_housekeeping"
+#: A worker runs a workflow's due-at-once steps one after the other in one message for at
+#: most this long; then it publishes the next one and lets the broker hand it out.
+INLINE_STEPS_MAX_SECONDS: Final = 5.0
 #: How long idle embedded worker threads wait for a message before looking again (ms).
 EMBEDDED_WORKER_TIMEOUT_MS: Final = 100
 
@@ -171,10 +176,43 @@ class GenevaState:
         )
 
     def _perform_step(self, execution_id: Any) -> None:
+        """Run a step message; then, up to ``GENEVA_INLINE_STEPS`` times, the workflow's
+        next step when it is due at once (no broker round trip for it)."""
         from flask_geneva.executor import execute_step
 
+        message_id = current_message_id.get()
+        budget = self.config.inline_steps
+        deadline = time.monotonic() + INLINE_STEPS_MAX_SECONDS
+        while True:
+            with self.app.app_context():
+                result = execute_step(
+                    self.geneva, execution_id, message_id=message_id, inline_next=budget > 0
+                )
+            if result is None or result.continue_with is None:
+                return
+            execution_id = result.continue_with
+            budget -= 1
+            if time.monotonic() > deadline:
+                # Hand the rest to the broker so that one workflow does not hold a
+                # worker thread (and the message's time limit) for too long.
+                self._publish_withheld(execution_id)
+                return
+
+    def _publish_withheld(self, execution_id: Any) -> None:
         with self.app.app_context():
-            execute_step(self.geneva, execution_id, message_id=current_message_id.get())
+            model = self.geneva.OutboxMessage
+            row = self.geneva.db.session.scalars(
+                sa.select(model).where(model.execution_id == execution_id)
+            ).first()
+            self.geneva.db.session.rollback()
+        if row is not None:
+            try:
+                self.publish(execution_id, row.queue_name, row.priority, row.time_limit_ms)
+            except Exception:
+                logger.warning(
+                    "could not publish step execution %s; the relay will", execution_id,
+                    exc_info=True,
+                )
 
     def _perform_housekeeping(self) -> None:
         from flask_geneva.housekeeping import run_housekeeping

@@ -320,3 +320,63 @@ def test_worker_processes_run_the_relay_unless_told_not_to(
     finally:
         worker.stop()
     assert not state.relay.running
+
+
+class ChainWorkflow(geneva.Workflow):
+    may_proceed_without_hero = True
+
+    @step
+    def one(self) -> None:
+        pass
+
+    @step
+    def two(self) -> None:
+        pass
+
+    @step
+    def three(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("app_config", "distinct_messages"),
+    [({}, 1), ({"GENEVA_INLINE_STEPS": 0}, 3), ({"GENEVA_INLINE_STEPS": 1}, 2)],
+    ids=["inline-default", "inline-off", "inline-one"],
+)
+def test_a_worker_runs_due_steps_of_a_workflow_in_one_message(
+    app: Flask, distinct_messages: int
+) -> None:
+    state = app.extensions["geneva"]
+    worker = dramatiq.Worker(state.broker, worker_threads=2)
+    worker.start()
+    try:
+        workflow = ChainWorkflow.create()
+        db.session.commit()
+        state.broker.join(state.config.default_queue, timeout=30_000)
+        worker.join()
+    finally:
+        worker.stop()
+    db.session.expire_all()
+    assert workflow.state == "finished"
+    history = workflow.execution_history
+    assert [e.step_name for e in history] == ["one", "two", "three"]
+    assert all(e.message_id for e in history)
+    assert len({e.message_id for e in history}) == distinct_messages
+    assert outbox_rows() == []
+
+
+def test_a_step_withheld_for_an_inline_run_is_covered_by_the_relay(app: Flask) -> None:
+    """If the worker dies before it runs the withheld step, the outbox still has it."""
+    state = app.extensions["geneva"]
+    workflow = ChainWorkflow.create()
+    db.session.commit()
+    first = workflow.current_execution.id
+    before = len(published(app))
+    result = execute_step(geneva, first, inline_next=True)
+    assert result is not None and result.continue_with is not None
+    assert len(published(app)) == before  # not published: the caller was to run it
+    rows = outbox_rows()
+    assert [row.execution_id for row in rows] == [result.continue_with]
+    later = rows[0].created_at + state.relay.grace_period + timedelta(seconds=1)
+    assert state.relay.publish_due(later) == 1
+    assert published(app)[-1] == result.continue_with
