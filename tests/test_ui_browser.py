@@ -1,13 +1,15 @@
 """The status UI in a real browser: Debian's chromium, headless, driven by Playwright.
 
-Opens the overview, follows a link to a paused workflow, checks what it shows, and saves
-screenshots (light, dark, phone) into ``docs/screenshots/`` for ``docs/ui.md``. Set
-``GENEVA_SCREENSHOT_DIR`` to write them elsewhere.
+Opens the overview, follows a link to a paused workflow, checks what it shows, and takes
+screenshots (light, dark, phone). They go to a temporary folder; to refresh the ones that
+``docs/ui.md`` shows, run ``GENEVA_SCREENSHOT_DIR=docs/screenshots scripts/test -m browser``.
+Chromium is required: ``scripts/test`` installs it, and without it this test fails.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -19,16 +21,18 @@ from tests.conftest import make_app
 from tests.models import db
 from tests.ui_demo import HOSTILE_MESSAGE, seed_demo
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not chromium_available(), reason="needs Debian's chromium"),
-]
+pytestmark = [pytest.mark.browser]
 
 SCREENSHOTS = Path(
-    os.environ.get(
-        "GENEVA_SCREENSHOT_DIR", Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-    )
+    os.environ.get("GENEVA_SCREENSHOT_DIR")
+    or Path(tempfile.gettempdir()) / f"geneva-screenshots-{os.getpid()}"
 )
+
+
+@pytest.fixture(autouse=True)
+def _require_chromium() -> None:
+    if not chromium_available():
+        pytest.fail("the browser tests need Debian's chromium (scripts/test installs it)")
 PHONE = {"width": 390, "height": 844}
 WIDE = {"width": 1440, "height": 900}
 
