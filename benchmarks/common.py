@@ -26,7 +26,8 @@ Each step produces one record ``{"wf", "step", "started", "committed", "due"}``
 moment it was due).  Workers push them, JSON-encoded, onto the Redis list named by
 the environment variable ``BENCH_STEPLOG_KEY`` (``push_step_records``), *after*
 the step's commit, so the push never sits between a commit and the next body.
-Redis (``BENCH_REDIS_URL``, DB 13 by default, reserved for the benchmark) is used
+Redis (``BENCH_REDIS_URL``; run.py points it at a private redis-server it starts, else
+DB 13 of the shared one, reserved for the benchmark) is used
 rather than an extra table write so that collecting timings costs the database
 under test nothing.  After the clock stops the harness copies the records into
 ``bench_step_log(wf_id, step, started_at, committed_at, due_at)`` for ad-hoc SQL
@@ -76,6 +77,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,7 +276,12 @@ def wait_for_records(
     deadline = time.monotonic() + timeout_s
     count = 0
     while True:
-        count = int(client.llen(key))
+        prev, count = count, int(client.llen(key))
+        if count < prev:
+            raise RuntimeError(
+                f"the step-log list shrank ({prev} -> {count}): was Redis flushed by "
+                "someone else (e.g. a test suite's FLUSHALL) during the run?"
+            )
         if count >= expected:
             return count
         if alive is not None and not alive():
@@ -370,6 +377,8 @@ def compute_metrics(
         "steps_expected": load.steps_expected,
         "steps_recorded": recorded,
         "span_s": span,
+        # how long the harness took to create all workflows (enqueue cost, not pacing)
+        "starts_span_s": (max(created.values()) - first_created) if created else None,
         "throughput": (recorded / span) if span and span > 0 else None,
         "latency_ms": {
             "p50": pct(latencies, 50),
@@ -461,6 +470,151 @@ def _register_pgid(pgid: int) -> None:
             f.write(f"{pgid}\n")
 
 
+@contextlib.contextmanager
+def private_redis(db: int = 13):
+    """A throw-away redis-server on a free loopback port; yields its URL.
+
+    Used by run.py by default so that nothing else on the machine (a test suite's
+    FLUSHALL, other clients' load) touches the benchmark's broker and step log.
+    """
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_dir = Path(tempfile.mkdtemp(prefix="geneva-bench-redis-"))
+    cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    cmd += ["--appendonly", "no", "--dir", str(log_dir)]
+    proc = start_process(cmd, log_path=log_dir / "redis.log", cwd=log_dir)
+    url = f"redis://127.0.0.1:{port}/{db}"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"private redis-server did not start, see {log_dir}"
+                    ) from None
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        stop_process(proc, grace_s=5)
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields), idle
+
+
+def cpu_busy(interval_s: float = 1.0) -> float:
+    """Machine-wide CPU busy fraction (0..1) over ``interval_s``."""
+    t0, i0 = _cpu_times()
+    time.sleep(interval_s)
+    t1, i1 = _cpu_times()
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_until_quiet(max_busy: float, need_s: int, timeout_s: float) -> tuple[bool, float]:
+    """Wait until the machine's CPU was at most ``max_busy`` busy for ``need_s``
+    consecutive seconds. Returns (became quiet, busy fraction of the last second)."""
+    deadline = time.monotonic() + timeout_s
+    streak = 0
+    busy = cpu_busy()
+    while True:
+        streak = streak + 1 if busy <= max_busy else 0
+        if streak >= need_s:
+            return True, busy
+        if time.monotonic() >= deadline:
+            return False, busy
+        busy = cpu_busy()
+
+
+def _proc_table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (ppid, comm, utime+stime ticks) for every process we can read."""
+    table: dict[int, tuple[int, str, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        rest = raw[raw.rindex(")") + 2 :].split()
+        table[int(entry)] = (int(rest[1]), comm, int(rest[11]) + int(rest[12]))
+    return table
+
+
+def foreign_cpu_ticks(root_pid: int) -> dict[int, int]:
+    """CPU ticks of the processes that are *not* the benchmark's: neither ``root_pid``
+    and its descendants nor PostgreSQL (which serves the benchmark too) nor kernel
+    threads.  Diff two snapshots with ``foreign_cpu_seconds``."""
+    table = _proc_table()
+    ours: set[int] = set()
+    for pid in table:
+        chain, p = [], pid
+        while p and p not in ours and p != root_pid and p in table and len(chain) < 64:
+            chain.append(p)
+            p = table[p][0]
+        if p == root_pid or p in ours:
+            ours.update(chain)
+    ours.add(root_pid)
+    return {
+        pid: ticks
+        for pid, (ppid, comm, ticks) in table.items()
+        if pid not in ours and ppid != 2 and pid != 2 and not comm.startswith("postgres")
+    }
+
+
+def foreign_cpu_seconds(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds burnt by foreign processes between two snapshots (processes that
+    started and ended in between are missed, so this is a lower bound)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    return sum(max(0, t - before.get(pid, 0)) for pid, t in after.items()) / hz
+
+
+# Only one benchmark round may run on the machine at a time: they share the
+# geneva_bench tables, and would skew each other's figures anyway.
+LOCK_PATH = Path(os.environ.get("BENCH_LOCK", "/tmp/geneva-bench.lock"))
+
+
+@contextlib.contextmanager
+def bench_lock(timeout_s: float, who: str = ""):
+    """Exclusive machine-wide lock (flock on LOCK_PATH) for one benchmark round."""
+    import fcntl
+
+    f = open(LOCK_PATH, "a+")  # noqa: SIM115 - closed below
+    try:
+        deadline = time.monotonic() + timeout_s
+        said = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not said:
+                    print(f"[bench] {who} waiting for another benchmark run ({LOCK_PATH})",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    said = True
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"another benchmark run held {LOCK_PATH} too long") from None
+                time.sleep(0.5)
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
 # --------------------------------------------------------------------------- runner side
 
 
@@ -520,24 +674,34 @@ def runner_main(system: str, run: Callable[[Load, RunContext], RunOutput]) -> No
         "workdir": str(workdir),
     }
     try:
-        out = run(load, ctx)
-        result.update(compute_metrics(load, out.created, out.records))
-        result["settings"] = out.settings
-        result["counters"] = out.counters
-        problems = []
-        if result["steps_recorded"] != load.steps_expected:
-            problems.append(f"{result['steps_recorded']}/{load.steps_expected} steps recorded")
-        if out.counters is not None and out.counters.get("done") != load.n:
-            problems.append(f"counters: {out.counters}")
-        result["ok"] = not problems
-        result["error"] = "; ".join(problems) or None
-        with contextlib.suppress(Exception):
-            store_step_log(out.records)
+        with contextlib.ExitStack() as stack:
+            # run.py holds the lock around each round; a runner started by hand takes it.
+            if os.environ.get("BENCH_LOCK_HELD") != "1":
+                stack.enter_context(bench_lock(1800, f"{system}/{load.name}"))
+            out = run(load, ctx)
+            result.update(compute_metrics(load, out.created, out.records))
+            result["settings"] = out.settings
+            result["counters"] = out.counters
+            problems = []
+            if result["steps_recorded"] != load.steps_expected:
+                problems.append(f"{result['steps_recorded']}/{load.steps_expected} steps recorded")
+            if out.counters is not None and out.counters.get("done") != load.n:
+                problems.append(f"counters: {out.counters}")
+            result["ok"] = not problems
+            result["error"] = "; ".join(problems) or None
+            with contextlib.suppress(Exception):
+                store_step_log(out.records)
     except BaseException as e:
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()[-4000:]
     finally:
         Path(args.json_out).write_text(json.dumps(result, indent=1))
+        # Reaching here means run()'s own finally stopped its workers: nothing for the
+        # driver to clean up (the file only matters if this process gets SIGKILLed).
+        with contextlib.suppress(OSError):
+            _PGID_FILE.unlink()
+        if result["ok"]:  # keep the logs of a failed run only
+            shutil.rmtree(workdir, ignore_errors=True)
     sys.exit(0 if result["ok"] else 1)
 
 
@@ -705,8 +869,9 @@ def format_breakdown(
     systems: Sequence[str],
     loads: Sequence[str],
 ) -> str:
-    """First-step vs later-step latency, median over the successful rounds."""
-    cols = ["first p50", "first p99", "next p50", "next p99"]
+    """First-step vs later-step latency (ms) and the time the harness took to create
+    all workflows (s), medians over the successful rounds."""
+    cols = ["first p50", "first p99", "next p50", "next p99", "create s"]
     head = f"{'system':<14}  {'load':<6}  " + "  ".join(f"{c:>9}" for c in cols)
     lines = [head, "-" * len(head)]
     for ld in loads:
@@ -721,5 +886,7 @@ def format_breakdown(
             ]:
                 vals = [v for v in ((r.get(name) or {}).get(key) for r in ok) if v is not None]
                 cells.append(f"{_fmt(median(vals)):>9}")
+            spans = [r["starts_span_s"] for r in ok if r.get("starts_span_s") is not None]
+            cells.append(f"{_fmt(median(spans), 2):>9}")
             lines.append(f"{s:<14}  {ld:<6}  " + "  ".join(cells))
     return "\n".join(lines)

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -95,7 +97,15 @@ def _ms(v):
     return "-" if v is None else f"{v:.1f}"
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM/SIGINT (even when started in the background) stop the current runner
+    # cleanly: invoke_runner passes SIGTERM on and the runner stops its workers.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     systems = discover_systems()
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,6 +121,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="runner setting, overrides the profile (e.g. dbos_worker_concurrency=16)",
     )
+    ap.add_argument(
+        "--redis",
+        choices=["private", "shared"],
+        default="private",
+        help="private (default): start a throw-away redis-server on a free port for the "
+        "whole run; shared: use BENCH_REDIS_URL (default redis://127.0.0.1:6379/13)",
+    )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each round wait up to S seconds for the machine to be idle (CPU busy "
+        "<= --quiet-cpu %% for 3 s in a row); 0 (default) = don't wait",
+    )
+    ap.add_argument("--quiet-cpu", type=float, default=20, metavar="PCT")
     ap.add_argument("--output", help="also write the printed report to this file")
     ap.add_argument("--json", help="write every round's raw result to this file")
     args = ap.parse_args(argv)
@@ -127,6 +153,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(PROFILES[args.profile])
     settings.update(dict(kv.split("=", 1) for kv in args.set))
 
+    with contextlib.ExitStack() as stack:
+        if args.redis == "private":
+            os.environ["BENCH_REDIS_URL"] = stack.enter_context(common.private_redis())
+        return _run_all(args, systems, chosen, loads, settings)
+
+
+def _run_all(args, systems, chosen, loads, settings) -> int:
+    load_before = os.getloadavg()
+    if load_before[0] > 1.0:
+        print(
+            f"[run] warning: load average is {load_before[0]:.2f} before starting; other "
+            "processes on this 2-core machine will skew the figures",
+            file=sys.stderr,
+        )
     results: dict[tuple[str, str], list[dict]] = {(s, ld): [] for s in chosen for ld in loads}
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     t_all = time.monotonic()
@@ -141,8 +181,36 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                t0 = time.monotonic()
-                res = common.invoke_runner(sysm.python, sysm.path, load, rnd, settings=settings)
+                with common.bench_lock(7200, f"{s}/{ld}"):
+                    quiet = None
+                    if args.quiet_wait > 0:
+                        quiet, busy = common.wait_until_quiet(
+                            args.quiet_cpu / 100, need_s=3, timeout_s=args.quiet_wait
+                        )
+                        print(
+                            f" [cpu {busy:.0%}{'' if quiet else ', NOT quiet'}]",
+                            end="",
+                            file=sys.stderr,
+                        )
+                    else:
+                        busy = common.cpu_busy(0.5)
+                    foreign0 = common.foreign_cpu_ticks(os.getpid())
+                    t0 = time.monotonic()
+                    res = common.invoke_runner(
+                        sysm.python,
+                        sysm.path,
+                        load,
+                        rnd,
+                        settings=settings,
+                        env={"BENCH_LOCK_HELD": "1"},
+                    )
+                wall = time.monotonic() - t0
+                foreign = common.foreign_cpu_seconds(
+                    foreign0, common.foreign_cpu_ticks(os.getpid())
+                )
+                res["foreign_cpu_share"] = foreign / wall / (os.cpu_count() or 1)
+                res["cpu_busy_before"] = busy
+                res["quiet_before"] = quiet
                 results[(s, ld)].append(res)
                 if res.get("ok"):
                     lat = res.get("latency_ms") or {}
@@ -150,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                     extra = f" late p50 {_ms(late.get('p50'))} ms" if late else ""
                     secs = time.monotonic() - t0
                     print(
-                        f" ok in {secs:.0f}s: {res.get('throughput') or 0:.0f} steps/s,"
+                        f" ok in {secs:.0f}s (foreign cpu {res['foreign_cpu_share']:.0%}):"
+                        f" {res.get('throughput') or 0:.0f} steps/s,"
                         f" lat p50 {_ms(lat.get('p50'))} p99 {_ms(lat.get('p99'))} ms{extra}",
                         file=sys.stderr,
                         flush=True,
@@ -167,9 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [common.summary_row(s, ld, results[(s, ld)]) for ld in loads for s in chosen]
     report = [
         f"flask_geneva benchmark - {started} - {args.rounds} round(s), median shown - "
-        f"profile {args.profile}: {', '.join(f'{k}={v}' for k, v in sorted(settings.items()))}",
+        f"profile {args.profile}: {', '.join(f'{k}={v}' for k, v in sorted(settings.items()))}; "
+        f"redis {args.redis} ({os.environ.get('BENCH_REDIS_URL', common.REDIS_URL)})",
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}; total {time.monotonic() - t_all:.0f}s",
+        f"Python {platform.python_version()}; total {time.monotonic() - t_all:.0f}s; "
+        f"load avg (1 min) {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after",
         "units: steps/s = 5*N / (last commit - first creation); "
         "lat = previous commit (or creation) -> next step body start, ms; "
         "late = timer due -> body start, ms",
@@ -177,11 +248,30 @@ def main(argv: list[str] | None = None) -> int:
         common.format_table(rows, baseline="floor" if "floor" in chosen else None),
         "",
         "latency breakdown (ms, median over rounds): first step = creation -> step 1 body; "
-        "next steps = previous commit -> body (steps 2..5, timer-waited step excluded)",
+        "next steps = previous commit -> body (steps 2..5, timer-waited step excluded); "
+        "create s = first to last workflow creation, s",
         common.format_breakdown(results, chosen, loads),
         "",
-        "systems:",
+        "per round (cpu = machine CPU busy just before the round, * = not quiet; foreign = "
+        "share of the machine's CPU used during the round by processes other than the "
+        "benchmark's and PostgreSQL's, a lower bound):",
     ]
+    for ld in loads:
+        for s in chosen:
+            for r in results[(s, ld)]:
+                lat = r.get("latency_ms") or {}
+                late = r.get("lateness_ms") or {}
+                busy = r.get("cpu_busy_before")
+                flag = "*" if r.get("quiet_before") is False else " "
+                state = "ok" if r.get("ok") else "FAILED"
+                report.append(
+                    f"  {s:<8} {ld:<6} r{r.get('round')}  cpu {busy or 0:4.0%}{flag}"
+                    f" foreign {r.get('foreign_cpu_share') or 0:4.0%} {state:<6}"
+                    f" {r.get('throughput') or 0:7.1f} steps/s  lat p50 {_ms(lat.get('p50')):>7}"
+                    f" p99 {_ms(lat.get('p99')):>7}  late p50 {_ms(late.get('p50')):>6}"
+                    f" p99 {_ms(late.get('p99')):>6}"
+                )
+    report += ["", "systems:"]
     for s in chosen:
         setts = (
             next((r.get("settings") for r in results[(s, loads[0])] if r.get("settings")), None)
@@ -208,4 +298,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        print(f"\n[run] interrupted ({e}); the running runner was stopped", file=sys.stderr)
+        sys.exit(130)
