@@ -67,13 +67,22 @@ def _scheduled_execution(session: Session, workflow: Any) -> Any:
 
 
 def cancel_workflow(workflow: Any) -> None:
-    """Cancel a ready or paused workflow; its scheduled execution is canceled."""
+    """Cancel a ready or paused workflow; its scheduled execution is canceled.
+
+    A paused workflow with nothing scheduled (its step failed or paused itself) gets a
+    canceled / canceled execution of the step ``resume()`` would have run, so the
+    operator's action is in the history like ``skip()``'s.
+    """
     session, locked = _lock(workflow, "cancel", (WorkflowState.READY, WorkflowState.PAUSED))
     now = utcnow()
     execution = _scheduled_execution(session, locked)
     if execution is not None:
         transitions.end_execution(execution, StepState.CANCELED, StepOutcome.CANCELED, now)
         transitions.withdraw(session, locked, execution)
+    elif locked.next_step_name is not None:
+        transitions.add_ended_execution(
+            session, locked, locked.next_step_name, StepState.CANCELED, StepOutcome.CANCELED, now
+        )
     transitions.cancel(locked, now)
     _done(session, workflow, locked)
 

@@ -68,6 +68,32 @@ def make_broker(url: str) -> dramatiq.Broker:
     )
 
 
+def _in_reloader_watcher(app: Flask) -> bool:
+    """True in the process of ``flask run --reload`` that only watches files.
+
+    ``flask run`` marks its processes with ``FLASK_RUN_FROM_CLI``; with the reloader on
+    (``--reload``, or ``--debug``), the process that serves is the child Werkzeug starts
+    with ``WERKZEUG_RUN_MAIN=true``; the watcher has no such mark.
+    """
+    from werkzeug.serving import is_running_from_reloader
+
+    if os.environ.get("FLASK_RUN_FROM_CLI") != "true":
+        return False
+    reload = _flask_run_reloads(app)
+    return reload and not is_running_from_reloader()
+
+
+def _flask_run_reloads(app: Flask) -> bool:
+    """Whether this ``flask run`` uses the reloader (``--reload``, or debug without
+    ``--no-reload``)."""
+    import sys
+
+    args = sys.argv[1:]
+    if "--no-reload" in args:
+        return False
+    return "--reload" in args or app.debug or "--debug" in args
+
+
 class GenevaMiddleware(dramatiq.Middleware):
     """Worker-process duties: fresh engines after fork, the relay, the current message."""
 
@@ -295,8 +321,13 @@ class GenevaState:
     def start_embedded_worker(self) -> None:
         """Run Dramatiq worker threads and the relay inside this process (once).
 
-        Stops by itself at interpreter exit. Calling it again does nothing.
+        Stops by itself at interpreter exit. Calling it again does nothing, and so does
+        calling it in the watcher process of ``flask run --reload`` (only the child that
+        serves requests runs the worker).
         """
+        if _in_reloader_watcher(self.app):
+            logger.info("not starting the embedded worker in the reloader's watcher process")
+            return
         with self._lock:
             if self._embedded_worker is not None and self._embedded_pid == os.getpid():
                 return

@@ -208,7 +208,9 @@ ALLOWED: dict[tuple[str, str], tuple[str, list[tuple[str, str, str | None]]]] = 
         [("first", "skipped", "skipped"), ("second", "scheduled", None)],
     ),
     ("failed", "resume"): ("ready", [("first", "failed", "failed"), ("first", "scheduled", None)]),
-    ("failed", "cancel"): ("canceled", [("first", "failed", "failed")]),
+    ("failed", "cancel"): (
+        "canceled", [("first", "failed", "failed"), ("first", "canceled", "canceled")]
+    ),
     ("failed", "skip"): (
         "ready",
         [

@@ -110,3 +110,30 @@ def test_it_stops_at_exit(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "finished"
+
+
+def test_it_never_starts_in_the_reloaders_watcher_process(
+    app: Flask, embedded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``flask run --reload``: the watcher process loads the app too, but only the child
+    that Werkzeug starts (``WERKZEUG_RUN_MAIN=true``) serves and runs the worker."""
+    monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")
+    monkeypatch.setattr(sys, "argv", ["flask", "run", "--reload"])
+    monkeypatch.delenv("WERKZEUG_RUN_MAIN", raising=False)
+    embedded.start_embedded_worker()
+    assert not embedded.embedded_running
+    assert not embedded.relay.running
+
+    monkeypatch.setenv("WERKZEUG_RUN_MAIN", "true")  # the serving child
+    embedded.start_embedded_worker()
+    assert embedded.embedded_running
+
+
+def test_flask_run_without_the_reloader_starts_it(
+    app: Flask, embedded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")
+    monkeypatch.setattr(sys, "argv", ["flask", "run", "--no-reload"])
+    monkeypatch.delenv("WERKZEUG_RUN_MAIN", raising=False)
+    embedded.start_embedded_worker()
+    assert embedded.embedded_running

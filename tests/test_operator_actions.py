@@ -148,7 +148,9 @@ def test_cancel_a_workflow_paused_by_a_failure(app, user):
     wf.cancel()
     db.session.commit()
     assert wf.state == "canceled"
-    assert history(wf) == [("first", "failed", "failed")]
+    # The operator's cancel is recorded (canceled / canceled), like an operator's skip.
+    assert history(wf) == [("first", "failed", "failed"), ("first", "canceled", "canceled")]
+    assert wf.next_step_name is None
 
 
 def test_pause_keeps_the_scheduled_execution_and_withdraws_its_message(app, user):
