@@ -447,6 +447,21 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
             log.close()
 
 
+def wait_for_dramatiq_boot(
+    ready_dir: Path, proc: subprocess.Popen, processes: int, workdir: Path
+) -> None:
+    """Wait until ``processes`` dramatiq worker processes touched their ready file in
+    ``ready_dir`` (a middleware does it after boot), then let the machine settle."""
+    deadline = time.monotonic() + 60
+    while len(list(ready_dir.iterdir())) < processes:
+        if proc.poll() is not None:
+            raise WorkerDied(f"dramatiq exited early, see {workdir}/dramatiq.log")
+        if time.monotonic() > deadline:
+            raise TimeoutError("dramatiq workers did not boot in 60s")
+        time.sleep(0.05)
+    time.sleep(SETTLE_S)
+
+
 def wait_ready_files(
     paths: Sequence[Path], procs: Sequence[subprocess.Popen], timeout_s: float
 ) -> None:

@@ -129,14 +129,7 @@ def run(load: common.Load, ctx: common.RunContext) -> common.RunOutput:
     ]  # fmt: skip
     proc = common.start_process(cmd, env=env, log_path=ctx.workdir / "dramatiq.log")
     try:
-        deadline = time.monotonic() + 60
-        while len(list(ready_dir.iterdir())) < processes:
-            if proc.poll() is not None:
-                raise common.WorkerDied(f"dramatiq exited early, see {ctx.workdir}/dramatiq.log")
-            if time.monotonic() > deadline:
-                raise TimeoutError("dramatiq workers did not boot in 60s")
-            time.sleep(0.05)
-        time.sleep(common.SETTLE_S)
+        common.wait_for_dramatiq_boot(ready_dir, proc, processes, ctx.workdir)
 
         created = common.drive_starts(load, ids, lambda wf: step.send(wf, 1, load.timer_s))
         common.wait_for_records(

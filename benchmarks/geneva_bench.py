@@ -171,14 +171,7 @@ def run(load: common.Load, ctx: common.RunContext) -> common.RunOutput:
     ]  # fmt: skip
     proc = common.start_process(cmd, env=env, log_path=ctx.workdir / "dramatiq.log")
     try:
-        deadline = time.monotonic() + 60
-        while len(list(ready_dir.iterdir())) < processes:
-            if proc.poll() is not None:
-                raise common.WorkerDied(f"dramatiq exited early, see {ctx.workdir}/dramatiq.log")
-            if time.monotonic() > deadline:
-                raise TimeoutError("dramatiq workers did not boot in 60s")
-            time.sleep(0.05)
-        time.sleep(common.SETTLE_S)
+        common.wait_for_dramatiq_boot(ready_dir, proc, processes, ctx.workdir)
 
         with app.app_context():
 
