@@ -109,3 +109,33 @@ def user(app: Flask) -> Any:
     db.session.add(hero)
     db.session.commit()
     return hero
+
+
+@pytest.fixture
+def uuid_app_config() -> dict[str, Any]:
+    """Extra configuration for ``uuid_app``; override in a module to change it."""
+    return {}
+
+
+@pytest.fixture
+def uuid_app(database_url: str, uuid_app_config: dict[str, Any]) -> Iterator[Flask]:
+    """An app on the separate UUID-keyed ``SQLAlchemy``/``Geneva`` of tests/uuid_models.py."""
+    from tests.uuid_models import uuid_db, uuid_geneva
+
+    app = Flask("geneva_uuid_tests")
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url,
+        TESTING=True,
+        GENEVA_BROKER_URL="memory://",
+        **uuid_app_config,
+    )
+    uuid_db.init_app(app)
+    uuid_geneva.init_app(app)
+    with app.app_context():
+        uuid_db.drop_all()
+        uuid_db.create_all()
+        yield app
+        uuid_db.session.remove()
+        uuid_db.drop_all()
+        for engine in uuid_db.engines.values():
+            engine.dispose()

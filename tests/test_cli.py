@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -830,22 +829,6 @@ class UuidCliWorkflow(uuid_geneva.Workflow):
         pass
 
 
-@pytest.fixture
-def uuid_app(database_url: str) -> Iterator[Flask]:
-    app = Flask("geneva_uuid_cli_tests")
-    app.config.update(
-        SQLALCHEMY_DATABASE_URI=database_url, TESTING=True, GENEVA_BROKER_URL="memory://"
-    )
-    uuid_db.init_app(app)
-    uuid_geneva.init_app(app)
-    with app.app_context():
-        uuid_db.drop_all()
-        uuid_db.create_all()
-        yield app
-        uuid_db.session.remove()
-        uuid_db.drop_all()
-        for engine in uuid_db.engines.values():
-            engine.dispose()
 
 
 def test_the_commands_take_uuid_ids(uuid_app):

@@ -9,7 +9,6 @@ sleeps.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -644,24 +643,8 @@ class UuidHousekeptWorkflow(uuid_geneva.Workflow):
 
 
 @pytest.fixture
-def uuid_app(database_url: str) -> Iterator[Flask]:
-    app = Flask("geneva_uuid_housekeeping_tests")
-    app.config.update(
-        SQLALCHEMY_DATABASE_URI=database_url,
-        TESTING=True,
-        GENEVA_BROKER_URL="memory://",
-        GENEVA_HOUSEKEEPING_BATCH_SIZE=2,
-    )
-    uuid_db.init_app(app)
-    uuid_geneva.init_app(app)
-    with app.app_context():
-        uuid_db.drop_all()
-        uuid_db.create_all()
-        yield app
-        uuid_db.session.remove()
-        uuid_db.drop_all()
-        for engine in uuid_db.engines.values():
-            engine.dispose()
+def uuid_app_config() -> dict[str, Any]:
+    return {"GENEVA_HOUSEKEEPING_BATCH_SIZE": 2}
 
 
 def test_housekeeping_works_with_uuid_keys(uuid_app):

@@ -4,7 +4,6 @@ SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import dramatiq
 import pytest
@@ -27,22 +26,6 @@ class LoyaltyWorkflow(uuid_geneva.Workflow):
         self.data["rewarded"] = True
 
 
-@pytest.fixture
-def uuid_app(database_url: str) -> Iterator[Flask]:
-    app = Flask("geneva_uuid_tests")
-    app.config.update(
-        SQLALCHEMY_DATABASE_URI=database_url, TESTING=True, GENEVA_BROKER_URL="memory://"
-    )
-    uuid_db.init_app(app)
-    uuid_geneva.init_app(app)
-    with app.app_context():
-        uuid_db.drop_all()
-        uuid_db.create_all()
-        yield app
-        uuid_db.session.remove()
-        uuid_db.drop_all()
-        for engine in uuid_db.engines.values():
-            engine.dispose()
 
 
 @pytest.fixture
