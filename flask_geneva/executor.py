@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 
@@ -44,7 +45,12 @@ from flask_geneva.flow import (
 from flask_geneva.logs import logger, workflow_logger
 from flask_geneva.models import json_snapshot
 from flask_geneva.policies import ExceptionPolicy, resolve_policy
-from flask_geneva.scheduling import lock_workflow_and_execution, take_for_inline_run
+from flask_geneva.scheduling import (
+    announce,
+    lock_workflow_and_execution,
+    take_for_inline_run,
+)
+from flask_geneva.statements import hot_path
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
 from flask_geneva.timeutil import utcnow
 
@@ -278,26 +284,15 @@ def _mark_in_progress(
     now: datetime,
     message_id: str | None,
 ) -> None:
-    """The claim's writes, as three plain statements (the hot path: no unit of work).
+    """The claim's writes as prebuilt statements (the hot path: no unit of work; one
+    statement on PostgreSQL).
 
     The loaded objects are given the same values as committed state, so they stay
     current for the step body without being flushed again.
     """
-    executions = type(execution).__table__
-    workflows = type(workflow)._geneva.Workflow.__table__
-    session.execute(
-        sa.update(executions)
-        .where(executions.c.id == execution.id)
-        .values(state=StepState.IN_PROGRESS.value, started_at=now, message_id=message_id)
+    hot_path(type(workflow)._geneva).claim(
+        session, execution.id, workflow.id, step_name, now, message_id
     )
-    session.execute(
-        sa.update(workflows)
-        .where(workflows.c.id == workflow.id)
-        .values(
-            state=WorkflowState.PERFORMING.value, current_step_name=step_name, updated_at=now
-        )
-    )
-    transitions.withdraw(session, workflow, execution)
     for target, values in (
         (execution, {"state": StepState.IN_PROGRESS, "started_at": now, "message_id": message_id}),
         (
@@ -365,6 +360,28 @@ def _run_and_finalize(
 
     try:
         session.flush()
+        if error is None and signal is None:
+            finished = _finalize_completed(session, claim, inline_next)
+            if finished is None:
+                session.rollback()
+                log.warning(
+                    "execution %s was recovered while its step ran; discarding the step's "
+                    "outcome",
+                    subject.execution_id,
+                )
+                return None
+            workflow_state, step_state, continue_with = finished
+            session.commit()
+            _send(
+                signals.step_finalized,
+                subject,
+                performed,
+                None,
+                started,
+                workflow_state=workflow_state,
+                step_state=step_state,
+            )
+            return StepResult(subject.execution_id, step.name, performed, None, continue_with)
         rows = lock_workflow_and_execution(
             session, type(workflow)._geneva, subject.execution_id
         )
@@ -413,6 +430,53 @@ def _run_and_finalize(
         step_state=step_state,
     )
     return StepResult(subject.execution_id, step.name, performed, error, continue_with)
+
+
+def _finalize_completed(
+    session: Session, claim: _Claim, inline_next: bool
+) -> tuple[str, str, Any] | None:
+    """Finalize a body that returned normally, with prebuilt statements (the hot path).
+
+    Writes what ``_apply_signal`` writes for a normal return: the execution completed,
+    then the next step scheduled (or the workflow finished). Returns the workflow's and
+    the execution's new states and the execution to run inline, or None when the
+    execution is no longer in progress (housekeeping recovered it).
+    """
+    workflow, subject, step = claim.workflow, claim.subject, claim.step
+    geneva = type(workflow)._geneva
+    statements = hot_path(geneva)
+    locked = statements.lock_states(session, subject.execution_id)
+    if locked is None or locked.execution_state != StepState.IN_PROGRESS:
+        return None
+    now = utcnow()
+    following = claim.definition.step_after(step.name)
+    if following is None:
+        statements.complete_and_finish(
+            session, subject.execution_id, subject.workflow_id, step.name, now
+        )
+        return WorkflowState.FINISHED.value, StepState.COMPLETED.value, None
+    state = current_app.extensions["geneva"]
+    queue_name, priority, time_limit_ms = state.message_options_for(type(workflow))
+    run_at = now + following.wait
+    new_id = statements.complete_and_advance(
+        session,
+        subject.execution_id,
+        subject.workflow_id,
+        step.name,
+        next_step=following.name,
+        sequence=locked.execution_count + 1,
+        run_at=run_at,
+        now=now,
+        queue_name=queue_name,
+        priority=priority,
+        time_limit_ms=time_limit_ms,
+    )
+    announce(
+        session, state, new_id, subject.workflow_id, queue_name, priority, time_limit_ms,
+        run_at, now,
+    )
+    continue_with = take_for_inline_run(session, subject.workflow_id) if inline_next else None
+    return WorkflowState.READY.value, StepState.COMPLETED.value, continue_with
 
 
 def _run_body(

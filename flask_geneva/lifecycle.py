@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
+from flask import current_app
 
 from flask_geneva.errors import WorkflowAlreadyOngoing
-from flask_geneva.scheduling import schedule_step
+from flask_geneva.scheduling import announce
+from flask_geneva.statements import hot_path
 from flask_geneva.states import ONGOING_STATES, WorkflowState
 from flask_geneva.timeutil import utcnow
 
@@ -45,7 +47,11 @@ def create_workflow(cls: Any, hero: Any = None, data: dict[str, Any] | None = No
     if hero is not None:
         workflow.__dict__["_geneva_hero_cache"] = hero
     definition = cls._geneva_definition
-    if not definition.steps:
+    if definition.steps:
+        # The first execution is numbered 1; the workflow row says so from its INSERT.
+        workflow.execution_count = 1
+        workflow.next_step_name = definition.steps[0].name
+    else:
         workflow.state = WorkflowState.FINISHED
         workflow.transitioned_at = now
     session.flush()  # the caller's pending writes: their errors are theirs, raised as they are
@@ -60,9 +66,32 @@ def create_workflow(cls: Any, hero: Any = None, data: dict[str, Any] | None = No
             ) from error
         raise
     if definition.steps:
-        first = definition.steps[0]
-        schedule_step(session, workflow, first.name, now + first.wait, now=now)
+        _schedule_first_step(session, workflow, definition.steps[0], now)
     return workflow
+
+
+def _schedule_first_step(session: Any, workflow: Any, first: Any, now: Any) -> None:
+    """Add the first execution and its outbox row with prebuilt statements (``create()``
+    is called in bulk: the unit of work would cost more than the inserts)."""
+    state = current_app.extensions["geneva"]
+    cls = type(workflow)
+    queue_name, priority, time_limit_ms = state.message_options_for(cls)
+    run_at = now + first.wait
+    execution_id = hot_path(cls._geneva).schedule(
+        session,
+        workflow.id,
+        step_name=first.name,
+        sequence=1,
+        run_at=run_at,
+        now=now,
+        queue_name=queue_name,
+        priority=priority,
+        time_limit_ms=time_limit_ms,
+    )
+    announce(
+        session, state, execution_id, workflow.id, queue_name, priority, time_limit_ms,
+        run_at, now,
+    )
 
 
 def _is_one_ongoing_violation(error: sa.exc.IntegrityError) -> bool:

@@ -82,24 +82,9 @@ def lock_workflow_and_execution(
     what comes back is current. Returns ``(workflow, execution)``, or None when the
     execution does not exist.
     """
-    workflow_model, execution_model = geneva.Workflow, geneva.StepExecution
-    if is_sqlite(session):
-        table = workflow_model.__table__
-        owner = (
-            sa.select(execution_model.workflow_id)
-            .where(execution_model.id == execution_id)
-            .scalar_subquery()
-        )
-        session.execute(sa.update(table).where(table.c.id == owner).values(state=table.c.state))
-    row = session.execute(
-        sa.select(workflow_model, execution_model)
-        .select_from(workflow_model)
-        .join(execution_model, execution_model.workflow_id == workflow_model.id)
-        .where(execution_model.id == execution_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    return None if row is None else (row[0], row[1])
+    from flask_geneva.statements import hot_path
+
+    return hot_path(geneva).lock_objects_for(session, execution_id)
 
 
 def lock_execution(session: Session, execution_model: Any, execution_id: Any) -> Any:
@@ -159,8 +144,27 @@ def enqueue_outbox(
             created_at=now,
         )
     )
+    announce(
+        session, state, execution.id, workflow.id, queue_name, priority, time_limit_ms,
+        available_at, now,
+    )
+
+
+def announce(
+    session: Session,
+    state: Any,
+    execution_id: Any,
+    workflow_id: Any,
+    queue_name: str,
+    priority: int,
+    time_limit_ms: int | None,
+    available_at: datetime,
+    now: datetime,
+) -> None:
+    """Arrange the publication of an execution whose outbox row this session wrote: at
+    once after commit when it is due, else by a relay (woken by a NOTIFY on PostgreSQL)."""
     pending = PendingMessage(
-        state, execution.id, queue_name, priority, time_limit_ms, available_at, now, workflow.id
+        state, execution_id, queue_name, priority, time_limit_ms, available_at, now, workflow_id
     )
     _remember_for_commit(session, pending)
     if available_at > now and is_postgresql(session):

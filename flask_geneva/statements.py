@@ -1,0 +1,364 @@
+"""The step hot path as prebuilt Core statements.
+
+A worker claims and finishes steps all day long; building SQL for it each time (and
+running it through the ORM's unit of work) cost more CPU than the database work itself.
+The statements here are built once per :class:`~flask_geneva.Geneva` with bound
+parameters, so SQLAlchemy's compiled cache serves every later call.
+
+On PostgreSQL the writes of one phase go out as **one** statement: data-modifying CTEs
+(``WITH started AS (UPDATE ...), withdrawn AS (DELETE ...) UPDATE ...``). Each CTE that
+must follow another reads from it, which fixes the order PostgreSQL runs them in (the
+next execution is inserted only after the finished one has left the one-active index).
+Elsewhere (SQLite) the same writes go out one statement at a time, in that order.
+
+What the statements write is what :mod:`flask_geneva.transitions` writes through the ORM
+for the same outcome; the executor uses them only for the common outcomes (a claim whose
+preconditions passed, a body that returned normally) and the ORM path for the rest.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from flask_geneva.states import StepOutcome, StepState, WorkflowState
+
+_TIMESTAMP = sa.DateTime(timezone=True)
+
+
+@dataclass(frozen=True)
+class LockedStates:
+    """What the finalize lock reads: the states of both rows and the execution count."""
+
+    workflow_state: str
+    execution_state: str
+    execution_count: int
+
+
+class HotPath:
+    """The prebuilt statements of one Geneva's step hot path."""
+
+    def __init__(self, geneva: Any) -> None:
+        self.uuid_keys = bool(geneva.uuid_primary_keys)
+        workflow_model, execution_model = geneva.Workflow, geneva.StepExecution
+        workflows = workflow_model.__table__
+        executions = execution_model.__table__
+        outbox = geneva.OutboxMessage.__table__
+        key_type = executions.c.id.type
+
+        def param(name: str, type_: Any) -> Any:
+            return sa.bindparam(name, type_=type_)
+
+        execution_id = param("hp_execution_id", key_type)
+        workflow_id = param("hp_workflow_id", key_type)
+        now = param("hp_now", _TIMESTAMP)
+
+        # SQLite has no row locks: a write that changes nothing takes the database's
+        # write lock first (see scheduling.lock_workflow).
+        owner = sa.select(executions.c.workflow_id).where(executions.c.id == execution_id)
+        self._sqlite_lock = (
+            sa.update(workflows)
+            .where(workflows.c.id == owner.scalar_subquery())
+            .values(state=workflows.c.state)
+        )
+        #: The workflow and the execution as ORM objects, locked (workflow row first).
+        self.lock_objects = (
+            sa.select(workflow_model, execution_model)
+            .select_from(workflow_model)
+            .join(execution_model, execution_model.workflow_id == workflow_model.id)
+            .where(execution_model.id == execution_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        self._lock_states = (
+            sa.select(workflows.c.state, executions.c.state, workflows.c.execution_count)
+            .select_from(workflows.join(executions, executions.c.workflow_id == workflows.c.id))
+            .where(executions.c.id == execution_id)
+            .with_for_update()
+        )
+
+        # The claim: in_progress, performing, out of the outbox.
+        start_execution = (
+            sa.update(executions)
+            .where(executions.c.id == execution_id)
+            .values(
+                state=StepState.IN_PROGRESS,
+                started_at=now,
+                message_id=param("hp_message_id", executions.c.message_id.type),
+            )
+        )
+        withdraw = sa.delete(outbox).where(outbox.c.execution_id == execution_id)
+        perform_workflow = (
+            sa.update(workflows)
+            .where(workflows.c.id == workflow_id)
+            .values(
+                state=WorkflowState.PERFORMING,
+                current_step_name=param("hp_step_name", workflows.c.current_step_name.type),
+                updated_at=now,
+            )
+        )
+        self._claim_steps = (start_execution, perform_workflow, withdraw)
+        self._claim_combined = perform_workflow.add_cte(
+            start_execution.returning(executions.c.id).cte("started"),
+            withdraw.returning(outbox.c.id).cte("withdrawn"),
+        )
+
+        # The finalize of a step that returned: completed, then the next step or the end.
+        step_name = param("hp_step_name", workflows.c.previous_step_name.type)
+        next_step = param("hp_next_step", executions.c.step_name.type)
+        sequence = param("hp_sequence", executions.c.sequence.type)
+        run_at = param("hp_run_at", _TIMESTAMP)
+        complete = (
+            sa.update(executions)
+            .where(executions.c.id == execution_id)
+            .values(state=StepState.COMPLETED, outcome=StepOutcome.SUCCESS, finished_at=now)
+        )
+        self._finish_workflow = (
+            sa.update(workflows)
+            .where(workflows.c.id == workflow_id)
+            .values(
+                state=WorkflowState.FINISHED,
+                current_step_name=None,
+                next_step_name=None,
+                previous_step_name=step_name,
+                updated_at=now,
+                transitioned_at=now,
+            )
+        )
+        advance = (
+            sa.update(workflows)
+            .where(workflows.c.id == workflow_id)
+            .values(
+                state=WorkflowState.READY,
+                current_step_name=None,
+                next_step_name=next_step,
+                previous_step_name=step_name,
+                execution_count=sequence,
+                updated_at=now,
+            )
+        )
+        new_id = param("hp_new_id", key_type)
+        execution_values: dict[str, Any] = {
+            "workflow_id": workflow_id,
+            "sequence": sequence,
+            "step_name": next_step,
+            "state": sa.literal(StepState.SCHEDULED, executions.c.state.type),
+            "scheduled_for": run_at,
+            "created_at": now,
+        }
+        if self.uuid_keys:
+            execution_values["id"] = new_id
+        outbox_values: dict[str, Any] = {
+            "workflow_id": workflow_id,
+            "queue_name": param("hp_queue_name", outbox.c.queue_name.type),
+            "priority": param("hp_priority", outbox.c.priority.type),
+            "time_limit_ms": param("hp_time_limit_ms", outbox.c.time_limit_ms.type),
+            "available_at": run_at,
+            "publish_count": sa.literal(0, outbox.c.publish_count.type),
+            "created_at": now,
+        }
+        self._complete = complete
+        self._insert_execution = sa.insert(executions).values(execution_values)
+        self._insert_outbox = sa.insert(outbox).values(execution_id=new_id, **outbox_values)
+        self._advance = advance
+        self._complete_and_finish = self._finish_workflow.add_cte(
+            complete.returning(executions.c.id).cte("completed")
+        )
+        # Each CTE reads from the one before it, so they run in this order.
+        completed = complete.returning(executions.c.id).cte("completed")
+        inserted = (
+            sa.insert(executions)
+            .from_select(
+                list(execution_values),
+                sa.select(*(_labelled(k, v) for k, v in execution_values.items())).select_from(
+                    completed
+                ),
+            )
+            .returning(executions.c.id)
+            .cte("scheduled")
+        )
+        queued = (
+            sa.insert(outbox)
+            .from_select(
+                ["execution_id", *outbox_values],
+                sa.select(
+                    inserted.c.id, *(_labelled(k, v) for k, v in outbox_values.items())
+                ).select_from(inserted),
+            )
+            .returning(outbox.c.id)
+            .cte("queued")
+        )
+        self._complete_and_advance = advance.add_cte(completed, inserted, queued).returning(
+            sa.select(inserted.c.id).scalar_subquery()
+        )
+        # A workflow's first step (create()): the execution and its outbox row.
+        first = sa.insert(executions).values(execution_values).returning(executions.c.id).cte(
+            "scheduled"
+        )
+        self._schedule_combined = sa.insert(outbox).from_select(
+            ["execution_id", *outbox_values],
+            sa.select(first.c.id, *(_labelled(k, v) for k, v in outbox_values.items())),
+        ).returning(outbox.c.execution_id)
+
+    def lock_states(self, session: Session, execution_id: Any) -> LockedStates | None:
+        """Lock the execution's workflow row, then its row; None if it does not exist."""
+        connection = session.connection()
+        params = {"hp_execution_id": execution_id}
+        if connection.dialect.name == "sqlite":
+            connection.execute(self._sqlite_lock, params)
+        row = connection.execute(self._lock_states, params).one_or_none()
+        if row is None:
+            return None
+        return LockedStates(str(row[0]), str(row[1]), int(row[2] or 0))
+
+    def lock_objects_for(self, session: Session, execution_id: Any) -> tuple[Any, Any] | None:
+        """The locked ``(workflow, execution)`` as ORM objects, loaded fresh."""
+        params = {"hp_execution_id": execution_id}
+        if session.get_bind().dialect.name == "sqlite":
+            session.connection().execute(self._sqlite_lock, params)
+        row = session.execute(self.lock_objects, params).one_or_none()
+        return None if row is None else (row[0], row[1])
+
+    def claim(
+        self,
+        session: Session,
+        execution_id: Any,
+        workflow_id: Any,
+        step_name: str,
+        now: datetime,
+        message_id: str | None,
+    ) -> None:
+        """Mark the execution in progress and the workflow performing; drop the outbox row."""
+        connection = session.connection()
+        params = {
+            "hp_execution_id": execution_id,
+            "hp_workflow_id": workflow_id,
+            "hp_step_name": step_name,
+            "hp_now": now,
+            "hp_message_id": message_id,
+        }
+        if connection.dialect.name == "postgresql":
+            connection.execute(self._claim_combined, params)
+            return
+        for statement in self._claim_steps:
+            connection.execute(statement, params)
+
+    def complete_and_finish(
+        self, session: Session, execution_id: Any, workflow_id: Any, step_name: str, now: datetime
+    ) -> None:
+        """The execution completed and it was the last step: the workflow is finished."""
+        connection = session.connection()
+        params = {
+            "hp_execution_id": execution_id,
+            "hp_workflow_id": workflow_id,
+            "hp_step_name": step_name,
+            "hp_now": now,
+        }
+        if connection.dialect.name == "postgresql":
+            connection.execute(self._complete_and_finish, params)
+            return
+        connection.execute(self._complete, params)
+        connection.execute(self._finish_workflow, params)
+
+    def complete_and_advance(
+        self,
+        session: Session,
+        execution_id: Any,
+        workflow_id: Any,
+        step_name: str,
+        *,
+        next_step: str,
+        sequence: int,
+        run_at: datetime,
+        now: datetime,
+        queue_name: str,
+        priority: int,
+        time_limit_ms: int | None,
+    ) -> Any:
+        """The execution completed: schedule ``next_step`` (execution and outbox rows) and
+        make the workflow ready. Returns the new execution's id."""
+        connection = session.connection()
+        params: dict[str, Any] = {
+            "hp_execution_id": execution_id,
+            "hp_workflow_id": workflow_id,
+            "hp_step_name": step_name,
+            "hp_next_step": next_step,
+            "hp_sequence": sequence,
+            "hp_run_at": run_at,
+            "hp_now": now,
+            "hp_queue_name": queue_name,
+            "hp_priority": priority,
+            "hp_time_limit_ms": time_limit_ms,
+        }
+        if self.uuid_keys:
+            params["hp_new_id"] = uuid.uuid4()
+        if connection.dialect.name == "postgresql":
+            new_id = connection.execute(self._complete_and_advance, params).scalar_one()
+            return params.get("hp_new_id", new_id)
+        connection.execute(self._complete, params)
+        inserted = connection.execute(self._insert_execution, params)
+        if not self.uuid_keys:
+            key = inserted.inserted_primary_key
+            assert key is not None
+            params["hp_new_id"] = key[0]
+        connection.execute(self._insert_outbox, params)
+        connection.execute(self._advance, params)
+        return params["hp_new_id"]
+
+
+    def schedule(
+        self,
+        session: Session,
+        workflow_id: Any,
+        *,
+        step_name: str,
+        sequence: int,
+        run_at: datetime,
+        now: datetime,
+        queue_name: str,
+        priority: int,
+        time_limit_ms: int | None,
+    ) -> Any:
+        """Add a ``scheduled`` execution of ``step_name`` and its outbox row (the workflow
+        row is the caller's to update). Returns the new execution's id."""
+        connection = session.connection()
+        params: dict[str, Any] = {
+            "hp_workflow_id": workflow_id,
+            "hp_next_step": step_name,
+            "hp_sequence": sequence,
+            "hp_run_at": run_at,
+            "hp_now": now,
+            "hp_queue_name": queue_name,
+            "hp_priority": priority,
+            "hp_time_limit_ms": time_limit_ms,
+        }
+        if self.uuid_keys:
+            params["hp_new_id"] = uuid.uuid4()
+        if connection.dialect.name == "postgresql":
+            new_id = connection.execute(self._schedule_combined, params).scalar_one()
+            return params.get("hp_new_id", new_id)
+        inserted = connection.execute(self._insert_execution, params)
+        if not self.uuid_keys:
+            key = inserted.inserted_primary_key
+            assert key is not None
+            params["hp_new_id"] = key[0]
+        connection.execute(self._insert_outbox, params)
+        return params["hp_new_id"]
+
+
+def _labelled(name: str, value: Any) -> Any:
+    """A value for an ``INSERT ... SELECT`` column list, labelled like its column."""
+    return value.label(name)
+
+
+def hot_path(geneva: Any) -> HotPath:
+    """The :class:`HotPath` of ``geneva``, built on first use."""
+    built: HotPath | None = geneva.__dict__.get("_hot_path")
+    if built is None:
+        built = geneva.__dict__["_hot_path"] = HotPath(geneva)
+    return built
