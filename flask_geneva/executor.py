@@ -443,17 +443,14 @@ def _finalize_completed(
     execution is no longer in progress (housekeeping recovered it).
     """
     workflow, subject, step = claim.workflow, claim.subject, claim.step
-    geneva = type(workflow)._geneva
-    statements = hot_path(geneva)
-    locked = statements.lock_states(session, subject.execution_id)
-    if locked is None or locked.execution_state != StepState.IN_PROGRESS:
-        return None
+    statements = hot_path(type(workflow)._geneva)
     now = utcnow()
     following = claim.definition.step_after(step.name)
     if following is None:
-        statements.complete_and_finish(
+        if not statements.complete_and_finish(
             session, subject.execution_id, subject.workflow_id, step.name, now
-        )
+        ):
+            return None
         return WorkflowState.FINISHED.value, StepState.COMPLETED.value, None
     state = current_app.extensions["geneva"]
     queue_name, priority, time_limit_ms = state.message_options_for(type(workflow))
@@ -464,13 +461,14 @@ def _finalize_completed(
         subject.workflow_id,
         step.name,
         next_step=following.name,
-        sequence=locked.execution_count + 1,
         run_at=run_at,
         now=now,
         queue_name=queue_name,
         priority=priority,
         time_limit_ms=time_limit_ms,
     )
+    if new_id is None:
+        return None
     announce(
         session, state, new_id, subject.workflow_id, queue_name, priority, time_limit_ms,
         run_at, now,

@@ -166,16 +166,44 @@ class HotPath:
         self._insert_execution = sa.insert(executions).values(execution_values)
         self._insert_outbox = sa.insert(outbox).values(execution_id=new_id, **outbox_values)
         self._advance = advance
-        self._complete_and_finish = self._finish_workflow.add_cte(
-            complete.returning(executions.c.id).cte("completed")
+        # On PostgreSQL the finalize is one statement, its lock included: ``locked`` takes
+        # the workflow's row, then the execution's (and re-reads them on a wait), and
+        # finds nothing when the execution is no longer in progress (housekeeping
+        # recovered it); every later CTE reads from the one before it, so nothing is
+        # written then, and the statement returns no row.
+        locked = (
+            sa.select(
+                executions.c.id.label("id"),
+                (workflows.c.execution_count + 1).label("sequence"),
+            )
+            .select_from(workflows.join(executions, executions.c.workflow_id == workflows.c.id))
+            .where(
+                executions.c.id == execution_id,
+                executions.c.state == sa.literal(StepState.IN_PROGRESS, executions.c.state.type),
+            )
+            .with_for_update()
+            .cte("locked")
         )
-        # Each CTE reads from the one before it, so they run in this order.
-        completed = complete.returning(executions.c.id).cte("completed")
+        completed = (
+            sa.update(executions)
+            .where(executions.c.id == sa.select(locked.c.id).scalar_subquery())
+            .values(state=StepState.COMPLETED, outcome=StepOutcome.SUCCESS, finished_at=now)
+            .returning(executions.c.id)
+            .cte("completed")
+        )
+        went_through = sa.exists(sa.select(completed.c.id))
+        self._complete_and_finish = (
+            self._finish_workflow.where(went_through)
+            .add_cte(locked, completed)
+            .returning(workflows.c.id)
+        )
+        scheduled_values = dict(execution_values)
+        scheduled_values["sequence"] = sa.select(locked.c.sequence).scalar_subquery()
         inserted = (
             sa.insert(executions)
             .from_select(
-                list(execution_values),
-                sa.select(*(_labelled(k, v) for k, v in execution_values.items())).select_from(
+                list(scheduled_values),
+                sa.select(*(_labelled(k, v) for k, v in scheduled_values.items())).select_from(
                     completed
                 ),
             )
@@ -193,8 +221,11 @@ class HotPath:
             .returning(outbox.c.id)
             .cte("queued")
         )
-        self._complete_and_advance = advance.add_cte(completed, inserted, queued).returning(
-            sa.select(inserted.c.id).scalar_subquery()
+        self._complete_and_advance = (
+            advance.where(went_through)
+            .values(execution_count=workflows.c.execution_count + 1)
+            .add_cte(locked, completed, inserted, queued)
+            .returning(sa.select(inserted.c.id).scalar_subquery())
         )
         # A workflow's first step (create()): the execution and its outbox row.
         first = sa.insert(executions).values(execution_values).returning(executions.c.id).cte(
@@ -250,8 +281,12 @@ class HotPath:
 
     def complete_and_finish(
         self, session: Session, execution_id: Any, workflow_id: Any, step_name: str, now: datetime
-    ) -> None:
-        """The execution completed and it was the last step: the workflow is finished."""
+    ) -> bool:
+        """The execution completed and it was the last step: the workflow is finished.
+
+        Returns False, having written nothing, when the execution is no longer in
+        progress (housekeeping recovered it while the step ran).
+        """
         connection = session.connection()
         params = {
             "hp_execution_id": execution_id,
@@ -260,10 +295,13 @@ class HotPath:
             "hp_now": now,
         }
         if connection.dialect.name == "postgresql":
-            connection.execute(self._complete_and_finish, params)
-            return
+            return connection.execute(self._complete_and_finish, params).first() is not None
+        locked = self.lock_states(session, execution_id)
+        if locked is None or locked.execution_state != StepState.IN_PROGRESS:
+            return False
         connection.execute(self._complete, params)
         connection.execute(self._finish_workflow, params)
+        return True
 
     def complete_and_advance(
         self,
@@ -273,7 +311,6 @@ class HotPath:
         step_name: str,
         *,
         next_step: str,
-        sequence: int,
         run_at: datetime,
         now: datetime,
         queue_name: str,
@@ -281,14 +318,14 @@ class HotPath:
         time_limit_ms: int | None,
     ) -> Any:
         """The execution completed: schedule ``next_step`` (execution and outbox rows) and
-        make the workflow ready. Returns the new execution's id."""
+        make the workflow ready. Returns the new execution's id, or None, having written
+        nothing, when the execution is no longer in progress."""
         connection = session.connection()
         params: dict[str, Any] = {
             "hp_execution_id": execution_id,
             "hp_workflow_id": workflow_id,
             "hp_step_name": step_name,
             "hp_next_step": next_step,
-            "hp_sequence": sequence,
             "hp_run_at": run_at,
             "hp_now": now,
             "hp_queue_name": queue_name,
@@ -298,8 +335,14 @@ class HotPath:
         if self.uuid_keys:
             params["hp_new_id"] = uuid.uuid4()
         if connection.dialect.name == "postgresql":
-            new_id = connection.execute(self._complete_and_advance, params).scalar_one()
-            return params.get("hp_new_id", new_id)
+            row = connection.execute(self._complete_and_advance, params).first()
+            if row is None:
+                return None
+            return params.get("hp_new_id", row[0])
+        locked = self.lock_states(session, execution_id)
+        if locked is None or locked.execution_state != StepState.IN_PROGRESS:
+            return None
+        params["hp_sequence"] = locked.execution_count + 1
         connection.execute(self._complete, params)
         inserted = connection.execute(self._insert_execution, params)
         if not self.uuid_keys:
@@ -309,7 +352,6 @@ class HotPath:
         connection.execute(self._insert_outbox, params)
         connection.execute(self._advance, params)
         return params["hp_new_id"]
-
 
     def schedule(
         self,
