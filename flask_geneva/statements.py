@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
+from flask_geneva.timeutil import utcnow
 
 _TIMESTAMP = sa.DateTime(timezone=True)
 
@@ -236,6 +237,22 @@ class HotPath:
             sa.select(first.c.id, *(_labelled(k, v) for k, v in outbox_values.items())),
         ).returning(outbox.c.execution_id)
 
+    def warm_up(self, session: Session) -> None:
+        """Run each statement once on ids that match nothing, then roll back, so that a
+        worker's first steps do not pay for compiling them (several ms each)."""
+        nothing = uuid.UUID(int=0) if self.uuid_keys else -1
+        now = utcnow()
+        options: dict[str, Any] = {
+            "run_at": now, "now": now, "queue_name": "", "priority": 0, "time_limit_ms": None,
+        }  # fmt: skip
+        try:
+            self.lock_objects_for(session, nothing)
+            self.claim(session, nothing, nothing, "", now, None)
+            self.complete_and_finish(session, nothing, nothing, "", now)
+            self.complete_and_advance(session, nothing, nothing, "", next_step="", **options)
+        finally:
+            session.rollback()
+
     def lock_states(self, session: Session, execution_id: Any) -> LockedStates | None:
         """Lock the execution's workflow row, then its row; None if it does not exist."""
         connection = session.connection()
@@ -346,9 +363,7 @@ class HotPath:
         connection.execute(self._complete, params)
         inserted = connection.execute(self._insert_execution, params)
         if not self.uuid_keys:
-            key = inserted.inserted_primary_key
-            assert key is not None
-            params["hp_new_id"] = key[0]
+            params["hp_new_id"] = _inserted_key(inserted)
         connection.execute(self._insert_outbox, params)
         connection.execute(self._advance, params)
         return params["hp_new_id"]
@@ -386,11 +401,15 @@ class HotPath:
             return params.get("hp_new_id", new_id)
         inserted = connection.execute(self._insert_execution, params)
         if not self.uuid_keys:
-            key = inserted.inserted_primary_key
-            assert key is not None
-            params["hp_new_id"] = key[0]
+            params["hp_new_id"] = _inserted_key(inserted)
         connection.execute(self._insert_outbox, params)
         return params["hp_new_id"]
+
+
+def _inserted_key(result: Any) -> Any:
+    key = result.inserted_primary_key
+    assert key is not None
+    return key[0]
 
 
 def _labelled(name: str, value: Any) -> Any:

@@ -111,6 +111,7 @@ class GenevaMiddleware(dramatiq.Middleware):
             worker.worker_timeout = self.state.config.worker_idle_timeout_ms
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.state.warm_up()
         if self.state.config.relay_in_workers and not self.state.embedded_running:
             self.state.start_relay()
 
@@ -223,6 +224,17 @@ class GenevaState:
                 # worker thread (and the message's time limit) for too long.
                 self._publish_withheld(execution_id)
                 return
+
+    def warm_up(self) -> None:
+        """Compile the step hot path's statements now rather than in the first steps;
+        a database that is not there yet is no reason to fail the worker's boot."""
+        from flask_geneva.statements import hot_path
+
+        try:
+            with self.app.app_context():
+                hot_path(self.geneva).warm_up(self.geneva.db.session)
+        except Exception:
+            logger.debug("could not warm up the step statements", exc_info=True)
 
     def _publish_withheld(self, execution_id: Any) -> None:
         with self.app.app_context():

@@ -54,3 +54,28 @@ def test_a_plain_step_costs_at_most_three_commits(app, user, engine_events):
         # Nothing is left running after the outcome is committed.
         assert engine_events[-1] == "COMMIT", engine_events
     assert db.session.get(geneva.Workflow, workflow_id).state == "finished"
+
+
+def test_warming_up_the_hot_path_writes_nothing(app, user):
+    """A worker compiles the hot path's statements at boot by running them on ids that
+    match nothing; the workflows there are untouched."""
+    from flask_geneva.statements import hot_path
+
+    wf = PlainStepsWorkflow.create(hero=user)
+    db.session.commit()
+    workflow_id = wf.id
+    tables = (geneva.Workflow, geneva.StepExecution, geneva.OutboxMessage)
+
+    def snapshot():
+        return [
+            sorted(tuple(row) for row in db.session.execute(db.select(model.__table__)))
+            for model in tables
+        ]
+
+    before = snapshot()
+    db.session.remove()
+    with app.app_context():
+        hot_path(geneva).warm_up(db.session)
+    db.session.remove()
+    assert snapshot() == before
+    assert db.session.get(geneva.Workflow, workflow_id).state == "ready"
