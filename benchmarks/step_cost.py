@@ -1,4 +1,4 @@
-"""What one plain step costs the database: SQL statements and commits.
+"""What one plain step costs: SQL statements, commits and CPU milliseconds.
 
 Not a test and not a benchmark *system* (it has no ``SYSTEM``, so ``run.py`` ignores it):
 run it by hand, with the project's virtualenv::
@@ -11,14 +11,20 @@ A "plain step" is a step whose body does nothing, run the way a worker runs a me
 engine sends and every commit is counted with SQLAlchemy engine events
 (``before_cursor_execute`` and ``commit``). The steps in the middle of a workflow (they
 schedule the next step) and the last step (it finishes the workflow) are reported apart.
-The figures go into ``docs/step-cost.md``.
+CPU is measured around the same calls: the Python process's CPU time
+(``time.process_time``) and, on PostgreSQL, the CPU time of every PostgreSQL server
+process on the machine (read from ``/proc``: only when the server runs here; the kernel
+counts it in 10 ms ticks, so only the mean over many steps means anything, on an
+otherwise idle machine). The figures go into ``docs/step-cost.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,7 +42,7 @@ from flask_geneva.executor import execute_step
 #: Steps per workflow: the first ones schedule a successor, the last finishes.
 STEPS = 10
 #: Workflows run per database (their figures are averaged).
-WORKFLOWS = 5
+WORKFLOWS = 30
 
 db = SQLAlchemy()
 geneva = Geneva(db=db)
@@ -60,12 +66,43 @@ class StepCost:
     statements: int = 0
     commits: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
+    #: CPU seconds of this process, and of the database's server processes (None when
+    #: they cannot be read).
+    python_cpu: float = 0.0
+    server_cpu: float | None = None
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _server_cpu(engine: sa.Engine) -> float | None:
+    """CPU seconds used so far by every PostgreSQL server process on this machine (the
+    backends and the WAL writer alike); None for another database, or if unreadable."""
+    if engine.dialect.name != "postgresql":
+        return None
+    total = 0.0
+    found = False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                head, tail = stat.read().rsplit(")", 1)
+        except OSError:
+            continue
+        if not head.endswith("(postgres"):
+            continue
+        fields = tail.split()
+        total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        found = True
+    return total if found else None
 
 
 class Meter:
     """Counts what an engine is asked to do while it is armed."""
 
     def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
         self.armed = False
         self.cost = StepCost()
         event.listen(engine, "before_cursor_execute", self._statement)
@@ -82,11 +119,17 @@ class Meter:
 
     def measure(self, action: Any) -> StepCost:
         self.cost = StepCost()
+        server_before = _server_cpu(self.engine)
+        started = time.process_time()
         self.armed = True
         try:
             action()
         finally:
             self.armed = False
+        self.cost.python_cpu = time.process_time() - started
+        server_after = _server_cpu(self.engine)
+        if server_before is not None and server_after is not None:
+            self.cost.server_cpu = server_after - server_before
         return self.cost
 
 
@@ -140,7 +183,11 @@ def _summary(costs: list[StepCost]) -> str:
     for cost in costs:
         kinds.update(cost.kinds)
     per_kind = ", ".join(f"{kind} {count / len(costs):g}" for kind, count in sorted(kinds.items()))
-    return f"{statements:g} statements ({per_kind}), {commits:g} commits"
+    cpu = f"{statistics.mean(c.python_cpu for c in costs) * 1000:.2f} ms CPU in Python"
+    server = [c.server_cpu for c in costs if c.server_cpu is not None]
+    if len(server) == len(costs):
+        cpu += f", {statistics.mean(server) * 1000:.2f} ms in PostgreSQL"
+    return f"{statements:g} statements ({per_kind}), {commits:g} commits; {cpu}"
 
 
 def main() -> None:

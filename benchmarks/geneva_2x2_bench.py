@@ -1,10 +1,12 @@
-"""flask_geneva in the configuration that ran fastest on the 2-core benchmark machine.
+"""flask_geneva with fewer worker threads: 2 processes x 2 threads, a 2 ms idle poll.
 
 The same runner as ``geneva_bench.py`` (same workflow, same measurements), with other
-defaults: 2 worker processes x 2 threads (fewer threads contend less for the GIL and
-the two cores) and an idle poll of 2 ms (``GENEVA_WORKER_IDLE_TIMEOUT_MS``: an idle
-consumer notices a new message sooner, for some CPU while idle). ``--set`` still
-overrides each of them.
+defaults: 2 worker processes x 2 threads (fewer threads contend less for the GIL: each
+step waits less, but fewer run at once) and an idle poll of 2 ms
+(``GENEVA_WORKER_IDLE_TIMEOUT_MS``: an idle consumer notices a new message sooner, for
+some CPU while idle). ``--set`` still overrides each of them. On the 2-core machine it
+had lower heavy-load step latency and lower throughput than 2 x 8: see
+``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-SYSTEM = "geneva-tuned"
+SYSTEM = "geneva-2x2"
 LABEL = "flask_geneva, 2 processes x 2 threads, 2 ms idle poll"
 ORDER = 3
 VENV = ".venv"
