@@ -362,50 +362,18 @@ def _run_and_finalize(
         session.flush()
         if error is None and signal is None:
             finished = _finalize_completed(session, claim, inline_next)
-            if finished is None:
-                session.rollback()
-                log.warning(
-                    "execution %s was recovered while its step ran; discarding the step's "
-                    "outcome",
-                    subject.execution_id,
-                )
-                return None
-            workflow_state, step_state, continue_with = finished
-            session.commit()
-            _send(
-                signals.step_finalized,
-                subject,
-                performed,
-                None,
-                started,
-                workflow_state=workflow_state,
-                step_state=step_state,
+        else:
+            finished = _finalize_with_objects(
+                session, claim, signal, error, policy, handler_signal, inline_next
             )
-            return StepResult(subject.execution_id, step.name, performed, None, continue_with)
-        rows = lock_workflow_and_execution(
-            session, type(workflow)._geneva, subject.execution_id
-        )
-        locked, current = rows if rows is not None else (None, None)
-        if locked is None or current is None or current.state != StepState.IN_PROGRESS:
+        if finished is None:
             session.rollback()
             log.warning(
                 "execution %s was recovered while its step ran; discarding the step's outcome",
                 subject.execution_id,
             )
             return None
-        now = utcnow()
-        if error is not None:
-            assert policy is not None
-            _apply_failure(
-                session, locked, current, step, claim.definition, policy, error,
-                handler_signal, now,
-            )
-        else:
-            _apply_signal(session, locked, current, step, claim.definition, signal, now)
-        workflow_state, step_state = str(locked.state), str(current.state)
-        continue_with = None
-        if inline_next:
-            continue_with = take_for_inline_run(session, subject.workflow_id)
+        workflow_state, step_state, continue_with = finished
         session.commit()
     except sa.exc.SQLAlchemyError:
         session.rollback()
@@ -430,6 +398,38 @@ def _run_and_finalize(
         step_state=step_state,
     )
     return StepResult(subject.execution_id, step.name, performed, error, continue_with)
+
+
+def _finalize_with_objects(
+    session: Session,
+    claim: _Claim,
+    signal: FlowControlSignal | None,
+    error: BaseException | None,
+    policy: ExceptionPolicy | None,
+    handler_signal: FlowControlSignal | None,
+    inline_next: bool,
+) -> tuple[str, str, Any] | None:
+    """Finalize any other outcome (a flow-control call, an exception) on the locked ORM
+    objects; the same return as :func:`_finalize_completed`."""
+    rows = lock_workflow_and_execution(
+        session, type(claim.workflow)._geneva, claim.subject.execution_id
+    )
+    locked, current = rows if rows is not None else (None, None)
+    if locked is None or current is None or current.state != StepState.IN_PROGRESS:
+        return None
+    now = utcnow()
+    step, definition = claim.step, claim.definition
+    if error is not None:
+        assert policy is not None
+        _apply_failure(
+            session, locked, current, step, definition, policy, error, handler_signal, now
+        )
+    else:
+        _apply_signal(session, locked, current, step, definition, signal, now)
+    continue_with = None
+    if inline_next:
+        continue_with = take_for_inline_run(session, claim.subject.workflow_id)
+    return str(locked.state), str(current.state), continue_with
 
 
 def _finalize_completed(

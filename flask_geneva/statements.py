@@ -338,19 +338,10 @@ class HotPath:
         make the workflow ready. Returns the new execution's id, or None, having written
         nothing, when the execution is no longer in progress."""
         connection = session.connection()
-        params: dict[str, Any] = {
-            "hp_execution_id": execution_id,
-            "hp_workflow_id": workflow_id,
-            "hp_step_name": step_name,
-            "hp_next_step": next_step,
-            "hp_run_at": run_at,
-            "hp_now": now,
-            "hp_queue_name": queue_name,
-            "hp_priority": priority,
-            "hp_time_limit_ms": time_limit_ms,
-        }
-        if self.uuid_keys:
-            params["hp_new_id"] = uuid.uuid4()
+        params = self._scheduling_params(
+            workflow_id, next_step, run_at, now, queue_name, priority, time_limit_ms
+        )
+        params.update(hp_execution_id=execution_id, hp_step_name=step_name)
         if connection.dialect.name == "postgresql":
             row = connection.execute(self._complete_and_advance, params).first()
             if row is None:
@@ -361,12 +352,9 @@ class HotPath:
             return None
         params["hp_sequence"] = locked.execution_count + 1
         connection.execute(self._complete, params)
-        inserted = connection.execute(self._insert_execution, params)
-        if not self.uuid_keys:
-            params["hp_new_id"] = _inserted_key(inserted)
-        connection.execute(self._insert_outbox, params)
+        new_id = self._insert_scheduled(connection, params)
         connection.execute(self._advance, params)
-        return params["hp_new_id"]
+        return new_id
 
     def schedule(
         self,
@@ -384,10 +372,29 @@ class HotPath:
         """Add a ``scheduled`` execution of ``step_name`` and its outbox row (the workflow
         row is the caller's to update). Returns the new execution's id."""
         connection = session.connection()
+        params = self._scheduling_params(
+            workflow_id, step_name, run_at, now, queue_name, priority, time_limit_ms
+        )
+        params["hp_sequence"] = sequence
+        if connection.dialect.name == "postgresql":
+            new_id = connection.execute(self._schedule_combined, params).scalar_one()
+            return params.get("hp_new_id", new_id)
+        return self._insert_scheduled(connection, params)
+
+    def _scheduling_params(
+        self,
+        workflow_id: Any,
+        step_name: str,
+        run_at: datetime,
+        now: datetime,
+        queue_name: str,
+        priority: int,
+        time_limit_ms: int | None,
+    ) -> dict[str, Any]:
+        """The parameters of a new scheduled execution and its outbox row."""
         params: dict[str, Any] = {
             "hp_workflow_id": workflow_id,
             "hp_next_step": step_name,
-            "hp_sequence": sequence,
             "hp_run_at": run_at,
             "hp_now": now,
             "hp_queue_name": queue_name,
@@ -396,9 +403,10 @@ class HotPath:
         }
         if self.uuid_keys:
             params["hp_new_id"] = uuid.uuid4()
-        if connection.dialect.name == "postgresql":
-            new_id = connection.execute(self._schedule_combined, params).scalar_one()
-            return params.get("hp_new_id", new_id)
+        return params
+
+    def _insert_scheduled(self, connection: sa.Connection, params: dict[str, Any]) -> Any:
+        """Insert the execution, then its outbox row, one statement each; the new id."""
         inserted = connection.execute(self._insert_execution, params)
         if not self.uuid_keys:
             params["hp_new_id"] = _inserted_key(inserted)
