@@ -64,6 +64,10 @@ except ImportError:  # pragma: no cover
 #: A message may run its execution this much before ``scheduled_for`` (clock skew between
 #: the relay's machine and the worker's).
 EARLY_TOLERANCE: Final = timedelta(seconds=1)
+#: A message that arrives at most this much before ``scheduled_for`` waits for it: the
+#: relay publishes a waited step a little ahead (``Relay.lead``) so that the broker hop
+#: and the consumer's poll are over by its due time, and the step starts on time.
+EARLY_WAIT_MAX: Final = timedelta(milliseconds=250)
 
 
 @dataclass
@@ -184,6 +188,7 @@ def _claim(
     message_id: str | None,
     ignore_schedule: bool,
     started: float,
+    waited: bool = False,
 ) -> _Claim | StepResult | None:
     locked = lock_workflow_and_execution(session, geneva, key)
     if locked is None:
@@ -205,6 +210,12 @@ def _claim(
         session.rollback()
         log.info("execution %s is not due until %s", key, execution.scheduled_for)
         return None
+    early = execution.scheduled_for - now
+    if not ignore_schedule and not waited and timedelta(0) < early <= EARLY_WAIT_MAX:
+        # Published ahead of its due time: wait for it without holding the locks.
+        session.rollback()
+        time.sleep(early.total_seconds())
+        return _claim(session, geneva, key, message_id, ignore_schedule, started, waited=True)
 
     cls = type(workflow)
     subject = _Subject(

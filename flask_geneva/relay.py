@@ -26,11 +26,12 @@ import os
 import select
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 
+from flask_geneva.executor import EARLY_WAIT_MAX
 from flask_geneva.scheduling import NOTIFY_CHANNEL
 from flask_geneva.timeutil import as_utc, utcnow
 
@@ -47,6 +48,8 @@ POLL_INTERVAL_POSTGRESQL_S: Final = 5.0
 #: Back-off bounds after an error, in seconds.
 BACKOFF_MIN_S: Final = 0.5
 BACKOFF_MAX_S: Final = 30.0
+#: Time for the relay's own commit and publish, on top of a consumer's idle poll.
+LEAD_MARGIN_MS: Final = 25
 #: How often orphaned rows (their execution no longer scheduled) are swept, in seconds.
 SWEEP_INTERVAL_S: Final = 60.0
 
@@ -58,6 +61,13 @@ class Relay:
         self.state = state
         self.grace_period = state.config.relay_grace_period
         self.republish_after = state.config.relay_republish_after
+        #: How long before its due time a waited step is published: enough for the
+        #: broker hop and an idle consumer's next poll, so that the worker has the
+        #: message at the due time (it waits for it: ``executor.EARLY_WAIT_MAX``).
+        self.lead = min(
+            timedelta(milliseconds=state.config.worker_idle_timeout_ms + LEAD_MARGIN_MS),
+            EARLY_WAIT_MAX,
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_read, self._wake_write = os.pipe()
@@ -124,7 +134,7 @@ class Relay:
         poll = POLL_INTERVAL_POSTGRESQL_S if self._listener is not None else POLL_INTERVAL_SQLITE_S
         if next_due is None:
             return poll
-        return max(0.0, min(poll, (next_due - utcnow()).total_seconds()))
+        return max(0.0, min(poll, (next_due - self.lead - utcnow()).total_seconds()))
 
     def _sleep(self, seconds: float) -> None:
         """Wait up to ``seconds`` for a wake-up, a NOTIFY, or :meth:`stop`."""
@@ -172,21 +182,25 @@ class Relay:
         geneva = self.state.geneva
         session = geneva.db.session
         outbox = geneva.OutboxMessage.__table__
-        due = sa.and_(
-            outbox.c.available_at <= now,
-            sa.or_(
-                # A later step (the fast path does not publish those): due now.
-                sa.and_(
-                    outbox.c.published_at.is_(None),
-                    outbox.c.available_at > outbox.c.created_at,
+        due = sa.or_(
+            # A later step (the fast path does not publish those): due now, or within
+            # the lead time (the worker waits for its due time).
+            sa.and_(
+                outbox.c.available_at <= now + self.lead,
+                outbox.c.published_at.is_(None),
+                outbox.c.available_at > outbox.c.created_at,
+            ),
+            sa.and_(
+                outbox.c.available_at <= now,
+                sa.or_(
+                    # Due at once, but the fast path has had its chance.
+                    sa.and_(
+                        outbox.c.published_at.is_(None),
+                        outbox.c.created_at <= now - self.grace_period,
+                    ),
+                    # Published by a relay and never claimed: a lost message.
+                    outbox.c.published_at <= now - self.republish_after,
                 ),
-                # Due at once, but the fast path has had its chance.
-                sa.and_(
-                    outbox.c.published_at.is_(None),
-                    outbox.c.created_at <= now - self.grace_period,
-                ),
-                # Published by a relay and never claimed: a lost message.
-                outbox.c.published_at <= now - self.republish_after,
             ),
         )
         candidates = (

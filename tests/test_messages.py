@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 
 from flask_geneva import step
-from flask_geneva.executor import execute_step
+from flask_geneva.executor import EARLY_WAIT_MAX, execute_step
+from flask_geneva.timeutil import utcnow
 from tests.helpers import history, note_texts, published_execution_ids, scheduled_execution
 from tests.models import Note, db, geneva
 
@@ -113,6 +114,32 @@ def test_an_early_message_runs_nothing_until_the_execution_is_due(workflow, capl
     assert any("is not due until" in m for m in _messages(caplog))
     assert note_texts() == ["first ran"]
     assert scheduled_execution(workflow).id == later.id
+
+
+class ShortWaitWorkflow(geneva.Workflow):
+    @step
+    def first(self):
+        pass
+
+    @step(wait=timedelta(milliseconds=150))
+    def second(self):
+        db.session.add(Note(text="second ran"))
+
+
+def test_a_message_a_little_early_waits_for_the_due_time(app, user):
+    """The relay publishes waited steps a little ahead; the step still starts on time."""
+    wf = ShortWaitWorkflow.create(hero=user)
+    db.session.commit()
+    execute_step(geneva, scheduled_execution(wf).id)
+    second = scheduled_execution(wf)
+    assert second.scheduled_for - utcnow() <= EARLY_WAIT_MAX
+    result = execute_step(geneva, second.id)
+    assert result is not None and result.exception is None
+    db.session.expire_all()
+    ran = db.session.get(geneva.StepExecution, second.id)
+    assert ran.state == "completed"
+    assert ran.started_at >= ran.scheduled_for
+    assert note_texts() == ["second ran"]
 
 
 def test_the_dramatiq_message_id_is_recorded_on_the_execution(workflow):

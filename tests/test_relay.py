@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_geneva import step
-from flask_geneva.executor import execute_step
+from flask_geneva.executor import EARLY_WAIT_MAX, execute_step
 from flask_geneva.timeutil import utcnow
 from tests.e2e_support import wait_until
 from tests.models import db, geneva
@@ -159,6 +159,20 @@ def test_pause_withdraws_the_message_and_resume_publishes_it_again(app: Flask) -
     assert published(app)[-1] == workflow.current_execution.id
 
 
+def test_a_later_step_is_published_its_lead_time_ahead_and_no_sooner(app: Flask) -> None:
+    relay = app.extensions["geneva"].relay
+    assert timedelta(0) < relay.lead <= EARLY_WAIT_MAX
+    workflow = Quick.create()
+    db.session.commit()
+    execute_step(geneva, workflow.current_execution.id)
+    db.session.refresh(workflow)
+    later = workflow.current_execution
+    too_soon = later.scheduled_for - relay.lead - timedelta(milliseconds=10)
+    assert relay.publish_due(too_soon) == 0
+    assert relay.publish_due(later.scheduled_for - relay.lead) == 1
+    assert published(app)[-1] == later.id
+
+
 def test_the_relay_thread_wakes_when_a_later_step_is_due(app: Flask) -> None:
     """The relay sleeps until the earliest due time (or a NOTIFY), not a fixed poll."""
     state = app.extensions["geneva"]
@@ -178,7 +192,8 @@ def test_the_relay_thread_wakes_when_a_later_step_is_due(app: Flask) -> None:
 
         wait_until(arrived, timeout=10, message="the relay to publish the later step")
         lateness = seen["at"] - due.timestamp()
-        assert lateness >= -0.05
+        # Published ahead by the relay's lead at most (the worker waits for the due time).
+        assert lateness >= -(state.relay.lead.total_seconds() + 0.05)
         # Both poll intervals are ≥ 1 s: publishing well inside that means it woke on time.
         assert lateness < 0.9
     finally:
