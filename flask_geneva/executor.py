@@ -211,7 +211,8 @@ def _claim(
         log.info("execution %s is not due until %s", key, execution.scheduled_for)
         return None
     early = execution.scheduled_for - now
-    if not ignore_schedule and not waited and timedelta(0) < early <= EARLY_WAIT_MAX:
+    waits = execution.scheduled_for > execution.created_at  # a step due at once never waits
+    if not ignore_schedule and not waited and waits and timedelta(0) < early <= EARLY_WAIT_MAX:
         # Published ahead of its due time: wait for it without holding the locks.
         session.rollback()
         time.sleep(early.total_seconds())

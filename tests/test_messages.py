@@ -147,3 +147,20 @@ def test_the_dramatiq_message_id_is_recorded_on_the_execution(workflow):
     execute_step(geneva, execution_id, message_id="a1b2c3")
     db.session.expire_all()
     assert db.session.get(geneva.StepExecution, execution_id).message_id == "a1b2c3"
+
+
+def test_a_step_due_at_once_from_a_clock_ahead_of_ours_runs_without_waiting(app, user):
+    """Only waited steps wait for their due time; a step scheduled "now" by a machine
+    whose clock is a little ahead runs at once (within the 1 s clock-skew tolerance)."""
+    wf = ShortWaitWorkflow.create(hero=user)
+    db.session.commit()
+    first = scheduled_execution(wf)
+    ahead = utcnow() + timedelta(milliseconds=200)
+    first.scheduled_for = first.created_at = ahead
+    db.session.commit()
+    result = execute_step(geneva, first.id)
+    assert result is not None and result.exception is None
+    db.session.expire_all()
+    ran = db.session.get(geneva.StepExecution, first.id)
+    assert ran.state == "completed"
+    assert ran.started_at < ran.scheduled_for
