@@ -34,9 +34,8 @@ _TIMESTAMP = sa.DateTime(timezone=True)
 
 @dataclass(frozen=True)
 class LockedStates:
-    """What the finalize lock reads: the states of both rows and the execution count."""
+    """What the finalize lock reads: the execution's state and the workflow's count."""
 
-    workflow_state: str
     execution_state: str
     execution_count: int
 
@@ -68,7 +67,7 @@ class HotPath:
             .values(state=workflows.c.state)
         )
         #: The workflow and the execution as ORM objects, locked (workflow row first).
-        self.lock_objects = (
+        self._lock_objects = (
             sa.select(workflow_model, execution_model)
             .select_from(workflow_model)
             .join(execution_model, execution_model.workflow_id == workflow_model.id)
@@ -77,7 +76,7 @@ class HotPath:
             .execution_options(populate_existing=True)
         )
         self._lock_states = (
-            sa.select(workflows.c.state, executions.c.state, workflows.c.execution_count)
+            sa.select(executions.c.state, workflows.c.execution_count)
             .select_from(workflows.join(executions, executions.c.workflow_id == workflows.c.id))
             .where(executions.c.id == execution_id)
             .with_for_update()
@@ -262,14 +261,14 @@ class HotPath:
         row = connection.execute(self._lock_states, params).one_or_none()
         if row is None:
             return None
-        return LockedStates(str(row[0]), str(row[1]), int(row[2] or 0))
+        return LockedStates(str(row[0]), int(row[1] or 0))
 
     def lock_objects_for(self, session: Session, execution_id: Any) -> tuple[Any, Any] | None:
         """The locked ``(workflow, execution)`` as ORM objects, loaded fresh."""
         params = {"hp_execution_id": execution_id}
         if session.get_bind().dialect.name == "sqlite":
             session.connection().execute(self._sqlite_lock, params)
-        row = session.execute(self.lock_objects, params).one_or_none()
+        row = session.execute(self._lock_objects, params).one_or_none()
         return None if row is None else (row[0], row[1])
 
     def claim(
