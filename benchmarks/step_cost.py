@@ -10,7 +10,9 @@ A "plain step" is a step whose body does nothing, run the way a worker runs a me
 ``execute_step(geneva, execution_id)`` in a fresh app context. Every statement the
 engine sends and every commit is counted with SQLAlchemy engine events
 (``before_cursor_execute`` and ``commit``). The steps in the middle of a workflow (they
-schedule the next step) and the last step (it finishes the workflow) are reported apart.
+schedule the next step) and the last step (it finishes the workflow) are reported apart,
+and so are the middle steps of a worker's inline run (``GENEVA_INLINE_STEPS``): claimed
+in the finalize of the step before, each claims the next in its own finalize.
 CPU is measured around the same calls: the Python process's CPU time
 (``time.process_time``) and, on PostgreSQL, the CPU time of every PostgreSQL server
 process on the machine (read from ``/proc``: only when the server runs here; the kernel
@@ -37,7 +39,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 
 from flask_geneva import Geneva, step
-from flask_geneva.executor import execute_step
+from flask_geneva.executor import execute_step, run_claimed
 
 #: Steps per workflow: the first ones schedule a successor, the last finishes.
 STEPS = 10
@@ -140,25 +142,20 @@ def _scheduled_id(workflow_id: Any) -> Any:
     )
 
 
-def measure(database_url: str) -> tuple[list[StepCost], list[StepCost]]:
-    """Run WORKFLOWS plain workflows; return the costs of middle steps and of last steps."""
+def measure(database_url: str) -> dict[str, list[StepCost]]:
+    """Run WORKFLOWS plain workflows one message per step, then WORKFLOWS more as a
+    worker's inline run; return the costs of each kind of step."""
     app = Flask("step_cost")
     app.config.update(SQLALCHEMY_DATABASE_URI=database_url, GENEVA_BROKER_URL="memory://")
     db.init_app(app)
     geneva.init_app(app)
-    middle: list[StepCost] = []
-    last: list[StepCost] = []
+    costs: dict[str, list[StepCost]] = {"middle": [], "last": [], "inline": []}
     with app.app_context():
         db.drop_all()
         db.create_all()
         meter = Meter(db.engine)
         for _ in range(WORKFLOWS):
-            account = Account()
-            db.session.add(account)
-            workflow = PlainWorkflow.create(hero=account)
-            db.session.commit()
-            workflow_id = workflow.id
-            db.session.remove()
+            workflow_id = _create_workflow()
             for index in range(STEPS):
                 execution_id = _scheduled_id(workflow_id)
                 db.session.remove()
@@ -169,11 +166,39 @@ def measure(database_url: str) -> tuple[list[StepCost], list[StepCost]]:
                         assert result is not None and result.exception is None
 
                 cost = meter.measure(run_message)
-                (last if index == STEPS - 1 else middle).append(cost)
+                costs["last" if index == STEPS - 1 else "middle"].append(cost)
+        for _ in range(WORKFLOWS):
+            execution_id = _scheduled_id(_create_workflow())
+            db.session.remove()
+            results: list[Any] = []
+
+            def run_inline(execution_id: Any = execution_id, results: list[Any] = results) -> None:
+                with app.app_context():  # each step in its own context, as the worker does
+                    if results and results[-1].claimed_next is not None:
+                        result = run_claimed(geneva, results[-1].claimed_next, inline_next=True)
+                    else:
+                        result = execute_step(geneva, execution_id, inline_next=True)
+                    assert result is not None and result.exception is None
+                    results.append(result)
+
+            for index in range(STEPS):
+                cost = meter.measure(run_inline)
+                if 0 < index < STEPS - 1:  # claimed by the step before, claims the next
+                    costs["inline"].append(cost)
         db.session.remove()
         db.drop_all()
         db.engine.dispose()
-    return middle, last
+    return costs
+
+
+def _create_workflow() -> Any:
+    account = Account()
+    db.session.add(account)
+    workflow = PlainWorkflow.create(hero=account)
+    db.session.commit()
+    workflow_id = workflow.id
+    db.session.remove()
+    return workflow_id
 
 
 def _summary(costs: list[StepCost]) -> str:
@@ -212,10 +237,11 @@ def main() -> None:
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-    for database, (middle, last) in results.items():
+    for database, costs in results.items():
         print(f"{database}:")
-        print(f"  a plain step that schedules the next: {_summary(middle)}")
-        print(f"  the last step (finishes the workflow): {_summary(last)}")
+        print(f"  a plain step that schedules the next: {_summary(costs['middle'])}")
+        print(f"  the last step (finishes the workflow): {_summary(costs['last'])}")
+        print(f"  a plain step of an inline run (claims the next): {_summary(costs['inline'])}")
 
 
 if __name__ == "__main__":

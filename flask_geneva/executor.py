@@ -22,13 +22,14 @@ import json
 import re
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 
 from flask_geneva import signals, transitions
@@ -83,6 +84,10 @@ class StepResult:
     #: With ``inline_next``: the workflow's next execution, due at once, that the caller
     #: should run now itself (its message was not published).
     continue_with: Any = None
+    #: With ``inline_next``, instead of ``continue_with`` when the next step needs no
+    #: precondition evaluated: that execution, already claimed in this step's
+    #: transaction. Run it with :func:`run_claimed`, in a new app context.
+    claimed_next: ClaimedStep | None = None
 
 
 def coerce_execution_id(geneva: Any, value: Any) -> Any:
@@ -120,15 +125,19 @@ def execute_step(
     ignore_schedule: bool = False,
     reraise: bool = False,
     inline_next: bool = False,
+    inline_deadline: float | None = None,
 ) -> StepResult | None:
     """Run one step execution if it is due and still scheduled; never runs a body twice.
 
     Returns None when nothing ran (unknown id, already finished, paused workflow, not
     yet due, or a database error that leaves the execution for recovery). With
     ``reraise`` the step's exception propagates after its outcome is committed. With
-    ``inline_next``, when the step schedules the workflow's next step due at once, that
-    step's message is not published: the result's ``continue_with`` names it and the
-    caller runs it (a worker saves a broker round trip per step that way).
+    ``inline_next``, when the step schedules the workflow's next step due at once, the
+    caller runs that step itself (a worker saves a broker round trip per step that way):
+    the result's ``claimed_next`` holds it already claimed, or, when its preconditions
+    must be evaluated first, ``continue_with`` names it (its message was not published).
+    ``inline_deadline`` (a ``time.monotonic()`` value) ends that once it has passed: the
+    next step is then published as usual.
     """
     session: Session = geneva.db.session()
     try:
@@ -151,10 +160,58 @@ def execute_step(
         if reraise and isinstance(claim, StepResult) and claim.exception is not None:
             raise claim.exception
         return claim
-    result = _run_and_finalize(session, claim, started, inline_next)
+    inline = inline_next and (inline_deadline is None or time.monotonic() < inline_deadline)
+    result = _run_and_finalize(session, claim, started, inline, message_id)
     if reraise and result is not None and result.exception is not None:
         raise result.exception
     return result
+
+
+@dataclass(frozen=True)
+class ClaimedStep:
+    """A workflow's next execution, claimed in the transaction that finished the step
+    before it (an inline run): what its rows hold, to run it without loading them."""
+
+    workflow_class: type
+    workflow_values: dict[str, Any]
+    execution_values: dict[str, Any]
+    step: StepDefinition
+    definition: WorkflowDefinition
+    subject: _Subject
+    message_id: str | None
+
+
+def run_claimed(
+    geneva: Any,
+    claimed: ClaimedStep,
+    *,
+    inline_next: bool = False,
+    inline_deadline: float | None = None,
+) -> StepResult | None:
+    """Run an execution that :func:`execute_step` already claimed (``claimed_next``) in
+    the current app context, then finalize it like any other."""
+    session: Session = geneva.db.session()
+    started = time.perf_counter()
+    workflow = _attach_as_loaded(session, claimed.workflow_class, claimed.workflow_values)
+    execution = _attach_as_loaded(session, geneva.StepExecution, claimed.execution_values)
+    _send(signals.precondition_checked, claimed.subject, "passed", None, started)
+    claim = _Claim(workflow, execution, claimed.step, claimed.definition, claimed.subject)
+    inline = inline_next and (inline_deadline is None or time.monotonic() < inline_deadline)
+    return _run_and_finalize(session, claim, started, inline, claimed.message_id)
+
+
+def _attach_as_loaded(session: Session, model: type, values: dict[str, Any]) -> Any:
+    """An ORM object for a row whose every column value is known, in ``session`` as if
+    it had just been loaded (load events included), without reading the row."""
+    mapper: sa.orm.Mapper[Any] = sa.orm.class_mapper(model)
+    instance = mapper.class_manager.new_instance()
+    for key, value in values.items():
+        set_committed_value(instance, key, value)
+    make_transient_to_detached(instance)
+    session.add(instance)
+    state = sa.inspect(instance)
+    state.manager.dispatch.load(state, None)
+    return instance
 
 
 @dataclass(frozen=True)
@@ -351,7 +408,11 @@ def _check_preconditions(
 
 
 def _run_and_finalize(
-    session: Session, claim: _Claim, started: float, inline_next: bool = False
+    session: Session,
+    claim: _Claim,
+    started: float,
+    inline_next: bool = False,
+    message_id: str | None = None,
 ) -> StepResult | None:
     workflow, execution, step = claim.workflow, claim.execution, claim.step
     subject = claim.subject
@@ -373,7 +434,7 @@ def _run_and_finalize(
     try:
         session.flush()
         if error is None and signal is None:
-            finished = _finalize_completed(session, claim, inline_next)
+            finished = _finalize_completed(session, claim, inline_next, message_id)
         else:
             finished = _finalize_with_objects(
                 session, claim, signal, error, policy, handler_signal, inline_next
@@ -397,9 +458,14 @@ def _run_and_finalize(
         return None
     if error is not None:
         log.warning("step failed with %s: %s", type(error).__name__, error)
+    claimed_next = None
+    if isinstance(continue_with, ClaimedStep):
+        claimed_next, continue_with = continue_with, None
     if claim.precondition_error is not None:
         _send(signals.precondition_checked, subject, "exception", error, started)
-        return StepResult(subject.execution_id, step.name, "exception", error, continue_with)
+        return StepResult(
+            subject.execution_id, step.name, "exception", error, continue_with, claimed_next
+        )
     _send(
         signals.step_finalized,
         subject,
@@ -409,7 +475,9 @@ def _run_and_finalize(
         workflow_state=workflow_state,
         step_state=step_state,
     )
-    return StepResult(subject.execution_id, step.name, performed, error, continue_with)
+    return StepResult(
+        subject.execution_id, step.name, performed, error, continue_with, claimed_next
+    )
 
 
 def _finalize_with_objects(
@@ -445,14 +513,15 @@ def _finalize_with_objects(
 
 
 def _finalize_completed(
-    session: Session, claim: _Claim, inline_next: bool
+    session: Session, claim: _Claim, inline_next: bool, message_id: str | None
 ) -> tuple[str, str, Any] | None:
     """Finalize a body that returned normally, with prebuilt statements (the hot path).
 
     Writes what ``_apply_signal`` writes for a normal return: the execution completed,
     then the next step scheduled (or the workflow finished). Returns the workflow's and
-    the execution's new states and the execution to run inline, or None when the
-    execution is no longer in progress (housekeeping recovered it).
+    the execution's new states and the execution to run inline (a :class:`ClaimedStep`
+    when it was claimed here too), or None when the execution is no longer in progress
+    (housekeeping recovered it).
     """
     workflow, subject, step = claim.workflow, claim.subject, claim.step
     statements = hot_path(type(workflow)._geneva)
@@ -464,6 +533,8 @@ def _finalize_completed(
         ):
             return None
         return WorkflowState.FINISHED.value, StepState.COMPLETED.value, None
+    if inline_next and _may_claim_at_once(workflow, claim.definition, following):
+        return _complete_and_claim_next(session, claim, following, now, message_id)
     state = current_app.extensions["geneva"]
     queue_name, priority, time_limit_ms = state.message_options_for(type(workflow))
     run_at = now + following.wait
@@ -487,6 +558,110 @@ def _finalize_completed(
     )
     continue_with = take_for_inline_run(session, subject.workflow_id) if inline_next else None
     return WorkflowState.READY.value, StepState.COMPLETED.value, continue_with
+
+
+def _may_claim_at_once(
+    workflow: Any, definition: WorkflowDefinition, following: StepDefinition
+) -> bool:
+    """Whether the next step can be claimed in the finalize's transaction: it is due at
+    once, every column of the workflow is loaded, and its only precondition is the
+    hero check (done here, in the same transaction, as the claim would do it)."""
+    if following.wait or definition.cancel_conditions:
+        return False
+    if following.skip_if is not None or following.only_if is not None:
+        return False
+    loaded = sa.inspect(workflow).dict
+    if any(key not in loaded for key in _column_keys(type(workflow))):
+        return False
+    if type(workflow).may_proceed_without_hero:
+        return True
+    workflow.__dict__.pop("_geneva_hero_cache", None)
+    try:
+        return workflow.hero is not None
+    except sa.exc.SQLAlchemyError:
+        raise  # geneva's own database work: the finalize is rolled back and left for recovery
+    except Exception:
+        return False  # the claim after the commit checks it again and records the error
+
+
+def _complete_and_claim_next(
+    session: Session,
+    claim: _Claim,
+    following: StepDefinition,
+    now: datetime,
+    message_id: str | None,
+) -> tuple[str, str, Any] | None:
+    """The finalize of an inline run: this execution completed and the next one inserted
+    already claimed (in progress), the workflow still performing."""
+    workflow, subject = claim.workflow, claim.subject
+    model = type(workflow)
+    claimed = hot_path(model._geneva).complete_and_continue(
+        session,
+        subject.execution_id,
+        subject.workflow_id,
+        claim.step.name,
+        next_step=following.name,
+        now=now,
+        message_id=message_id,
+    )
+    if claimed is None:
+        return None
+    new_id, sequence = claimed
+    loaded = sa.inspect(workflow).dict
+    workflow_values = {key: loaded[key] for key in _column_keys(model)}
+    workflow_values.update(
+        data=json.loads(json.dumps(workflow_values["data"])),  # as if read back
+        state=WorkflowState.PERFORMING,
+        current_step_name=following.name,
+        next_step_name=following.name,
+        previous_step_name=claim.step.name,
+        execution_count=sequence,
+        updated_at=now,
+    )
+    execution_model = model._geneva.StepExecution
+    execution_values = dict.fromkeys(_column_keys(execution_model))
+    execution_values.update(
+        id=new_id,
+        workflow_id=subject.workflow_id,
+        sequence=sequence,
+        step_name=following.name,
+        state=StepState.IN_PROGRESS,
+        scheduled_for=now,
+        started_at=now,
+        message_id=message_id,
+        created_at=now,
+    )
+    next_subject = _Subject(
+        sender=subject.sender,
+        workflow_id=subject.workflow_id,
+        workflow_class=subject.workflow_class,
+        execution_id=new_id,
+        step_name=following.name,
+    )
+    claimed_step = ClaimedStep(
+        model,
+        workflow_values,
+        execution_values,
+        following,
+        claim.definition,
+        next_subject,
+        message_id,
+    )
+    # The state this outcome gives the workflow (its next step scheduled), as for any
+    # normal return; that this worker has already claimed that step is its own affair.
+    return WorkflowState.READY.value, StepState.COMPLETED.value, claimed_step
+
+
+def _column_keys(model: type) -> tuple[str, ...]:
+    """The attribute names of a mapped class's columns."""
+    keys = _COLUMN_KEYS.get(model)
+    if keys is None:
+        mapper: sa.orm.Mapper[Any] = sa.inspect(model)
+        keys = _COLUMN_KEYS[model] = tuple(attribute.key for attribute in mapper.column_attrs)
+    return keys
+
+
+_COLUMN_KEYS: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
 def _run_body(

@@ -199,17 +199,7 @@ class HotPath:
         )
         scheduled_values = dict(execution_values)
         scheduled_values["sequence"] = sa.select(locked.c.sequence).scalar_subquery()
-        inserted = (
-            sa.insert(executions)
-            .from_select(
-                list(scheduled_values),
-                sa.select(*(_labelled(k, v) for k, v in scheduled_values.items())).select_from(
-                    completed
-                ),
-            )
-            .returning(executions.c.id)
-            .cte("scheduled")
-        )
+        inserted = _insert_after(executions, scheduled_values, completed, "scheduled")
         queued = (
             sa.insert(outbox)
             .from_select(
@@ -227,6 +217,35 @@ class HotPath:
             .add_cte(locked, completed, inserted, queued)
             .returning(sa.select(inserted.c.id).scalar_subquery())
         )
+        # The finalize of a step that returned, when the worker runs the next step
+        # itself at once (an inline run): the next execution is inserted already in
+        # progress and the workflow stays performing; no outbox row, no second claim.
+        claimed: dict[str, Any] = {
+            "state": sa.literal(StepState.IN_PROGRESS, executions.c.state.type),
+            "started_at": now,
+            "message_id": param("hp_message_id", executions.c.message_id.type),
+        }
+        continued_values = {**scheduled_values, **claimed}
+        started = _insert_after(executions, continued_values, completed, "started")
+        self._continue = (
+            sa.update(workflows)
+            .where(workflows.c.id == workflow_id)
+            .values(
+                state=WorkflowState.PERFORMING,
+                current_step_name=next_step,
+                next_step_name=next_step,
+                previous_step_name=step_name,
+                execution_count=sequence,
+                updated_at=now,
+            )
+        )
+        self._complete_and_continue = (
+            self._continue.where(went_through)
+            .values(execution_count=workflows.c.execution_count + 1)
+            .add_cte(locked, completed, started)
+            .returning(sa.select(started.c.id).scalar_subquery(), workflows.c.execution_count)
+        )
+        self._insert_started = sa.insert(executions).values({**execution_values, **claimed})
         # A workflow's first step (create()): the execution and its outbox row.
         first = sa.insert(executions).values(execution_values).returning(executions.c.id).cte(
             "scheduled"
@@ -249,6 +268,9 @@ class HotPath:
             self.claim(session, nothing, nothing, "", now, None)
             self.complete_and_finish(session, nothing, nothing, "", now)
             self.complete_and_advance(session, nothing, nothing, "", next_step="", **options)
+            self.complete_and_continue(
+                session, nothing, nothing, "", next_step="", now=now, message_id=None
+            )
         finally:
             session.rollback()
 
@@ -355,6 +377,49 @@ class HotPath:
         connection.execute(self._advance, params)
         return new_id
 
+    def complete_and_continue(
+        self,
+        session: Session,
+        execution_id: Any,
+        workflow_id: Any,
+        step_name: str,
+        *,
+        next_step: str,
+        now: datetime,
+        message_id: str | None,
+    ) -> tuple[Any, int] | None:
+        """The execution completed and the caller runs ``next_step`` itself, now: insert
+        its execution already ``in_progress`` (the claim, in this same transaction) and
+        keep the workflow performing. Returns the new execution's id and sequence, or
+        None, having written nothing, when the execution is no longer in progress."""
+        connection = session.connection()
+        params: dict[str, Any] = {
+            "hp_execution_id": execution_id,
+            "hp_workflow_id": workflow_id,
+            "hp_step_name": step_name,
+            "hp_next_step": next_step,
+            "hp_run_at": now,
+            "hp_now": now,
+            "hp_message_id": message_id,
+        }
+        if self.uuid_keys:
+            params["hp_new_id"] = uuid.uuid4()
+        if connection.dialect.name == "postgresql":
+            row = connection.execute(self._complete_and_continue, params).first()
+            if row is None:
+                return None
+            return params.get("hp_new_id", row[0]), int(row[1])
+        locked = self.lock_states(session, execution_id)
+        if locked is None or locked.execution_state != StepState.IN_PROGRESS:
+            return None
+        params["hp_sequence"] = locked.execution_count + 1
+        connection.execute(self._complete, params)
+        inserted = connection.execute(self._insert_started, params)
+        if not self.uuid_keys:
+            params["hp_new_id"] = _inserted_key(inserted)
+        connection.execute(self._continue, params)
+        return params["hp_new_id"], params["hp_sequence"]
+
     def schedule(
         self,
         session: Session,
@@ -417,6 +482,13 @@ def _inserted_key(result: Any) -> Any:
     key = result.inserted_primary_key
     assert key is not None
     return key[0]
+
+
+def _insert_after(table: sa.Table, values: dict[str, Any], after: Any, name: str) -> Any:
+    """``INSERT INTO table ... SELECT values FROM after RETURNING id`` as the CTE ``name``:
+    it inserts one row for each row ``after`` returned (none when it wrote nothing)."""
+    columns = sa.select(*(_labelled(k, v) for k, v in values.items())).select_from(after)
+    return table.insert().from_select(list(values), columns).returning(table.c.id).cte(name)
 
 
 def _labelled(name: str, value: Any) -> Any:

@@ -18,7 +18,6 @@ import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 import dramatiq
-import sqlalchemy as sa
 from dramatiq.brokers.stub import StubBroker
 from flask import Flask
 
@@ -203,27 +202,42 @@ class GenevaState:
         )
 
     def _perform_step(self, execution_id: Any) -> None:
-        """Run a step message; then, up to ``GENEVA_INLINE_STEPS`` times, the workflow's
-        next step when it is due at once (no broker round trip for it)."""
-        from flask_geneva.executor import execute_step
+        """Run a step message; then, up to ``GENEVA_INLINE_STEPS`` times and for at most
+        ``INLINE_STEPS_MAX_SECONDS``, the workflow's next step when it is due at once (no
+        broker round trip for it). Each step runs in an app context of its own."""
+        from flask_geneva.executor import execute_step, run_claimed
 
         message_id = current_message_id.get()
         budget = self.config.inline_steps
         deadline = time.monotonic() + INLINE_STEPS_MAX_SECONDS
-        while True:
-            with self.app.app_context():
-                result = execute_step(
-                    self.geneva, execution_id, message_id=message_id, inline_next=budget > 0
-                )
-            if result is None or result.continue_with is None:
-                return
-            execution_id = result.continue_with
+        with self.app.app_context():
+            result = execute_step(
+                self.geneva,
+                execution_id,
+                message_id=message_id,
+                inline_next=budget > 0,
+                inline_deadline=deadline,
+            )
+        while result is not None and budget > 0:
             budget -= 1
-            if time.monotonic() > deadline:
-                # Hand the rest to the broker so that one workflow does not hold a
-                # worker thread (and the message's time limit) for too long.
-                self._publish_withheld(execution_id)
-                return
+            with self.app.app_context():
+                if result.claimed_next is not None:
+                    result = run_claimed(
+                        self.geneva,
+                        result.claimed_next,
+                        inline_next=budget > 0,
+                        inline_deadline=deadline,
+                    )
+                elif result.continue_with is not None:
+                    result = execute_step(
+                        self.geneva,
+                        result.continue_with,
+                        message_id=message_id,
+                        inline_next=budget > 0,
+                        inline_deadline=deadline,
+                    )
+                else:
+                    return
 
     def warm_up(self) -> None:
         """Compile the step hot path's statements now rather than in the first steps;
@@ -235,22 +249,6 @@ class GenevaState:
                 hot_path(self.geneva).warm_up(self.geneva.db.session)
         except Exception:
             logger.debug("could not warm up the step statements", exc_info=True)
-
-    def _publish_withheld(self, execution_id: Any) -> None:
-        with self.app.app_context():
-            model = self.geneva.OutboxMessage
-            row = self.geneva.db.session.scalars(
-                sa.select(model).where(model.execution_id == execution_id)
-            ).first()
-            self.geneva.db.session.rollback()
-        if row is not None:
-            try:
-                self.publish(execution_id, row.queue_name, row.priority, row.time_limit_ms)
-            except Exception:
-                logger.warning(
-                    "could not publish step execution %s; the relay will", execution_id,
-                    exc_info=True,
-                )
 
     def _perform_housekeeping(self) -> None:
         from flask_geneva.housekeeping import run_housekeeping

@@ -380,10 +380,26 @@ def test_a_worker_runs_due_steps_of_a_workflow_in_one_message(
     assert outbox_rows() == []
 
 
+class ConditionalChain(geneva.Workflow):
+    """Its second step has a condition: an inline run withholds its message and claims
+    it after the commit (steps without one are claimed in the finalize itself, see
+    ``test_inline_runs.py``)."""
+
+    may_proceed_without_hero = True
+
+    @step
+    def one(self) -> None:
+        pass
+
+    @step(only_if=lambda wf: True)
+    def two(self) -> None:
+        pass
+
+
 def test_a_step_withheld_for_an_inline_run_is_covered_by_the_relay(app: Flask) -> None:
     """If the worker dies before it runs the withheld step, the outbox still has it."""
     state = app.extensions["geneva"]
-    workflow = ChainWorkflow.create()
+    workflow = ConditionalChain.create()
     db.session.commit()
     first = workflow.current_execution.id
     before = len(published(app))

@@ -1,5 +1,6 @@
 """The database cost of one plain step: at most three commits (we expect two: the claim
-and the finalize). ``benchmarks/step_cost.py`` prints the full figures."""
+and the finalize; one for a step of an inline run). ``benchmarks/step_cost.py`` prints the
+full figures."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from sqlalchemy import event
 
 from flask_geneva import step
-from flask_geneva.executor import execute_step
+from flask_geneva.executor import execute_step, run_claimed
 from tests.helpers import scheduled_execution
 from tests.models import db, geneva
 
@@ -53,6 +54,30 @@ def test_a_plain_step_costs_at_most_three_commits(app, user, engine_events):
         assert 1 <= engine_events.count("COMMIT") <= MAX_COMMITS_PER_STEP, engine_events
         # Nothing is left running after the outcome is committed.
         assert engine_events[-1] == "COMMIT", engine_events
+    assert db.session.get(geneva.Workflow, workflow_id).state == "finished"
+
+
+def test_a_step_of_an_inline_run_costs_one_commit(app, user, engine_events):
+    """A worker running a workflow's due steps itself claims each in the finalize of the
+    one before: after the first step (claim, finalize), one commit a step."""
+    wf = PlainStepsWorkflow.create(hero=user)
+    db.session.commit()
+    workflow_id = wf.id
+    execution_id = scheduled_execution(wf).id
+    db.session.remove()
+    commits = []
+    result = None
+    for _ in range(3):
+        engine_events.clear()
+        with app.app_context():  # each step in its own context, as the worker does
+            if result is None:
+                result = execute_step(geneva, execution_id, inline_next=True)
+            else:
+                result = run_claimed(geneva, result.claimed_next, inline_next=True)
+        assert result is not None and result.exception is None
+        commits.append(engine_events.count("COMMIT"))
+        assert engine_events[-1] == "COMMIT", engine_events
+    assert commits == [2, 1, 1]
     assert db.session.get(geneva.Workflow, workflow_id).state == "finished"
 
 
