@@ -19,6 +19,7 @@ housekeeping (in progress).
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -160,8 +161,8 @@ def execute_step(
         if reraise and isinstance(claim, StepResult) and claim.exception is not None:
             raise claim.exception
         return claim
-    inline = inline_next and (inline_deadline is None or time.monotonic() < inline_deadline)
-    result = _run_and_finalize(session, claim, started, inline, message_id)
+    inline_until = _inline_until(inline_next, inline_deadline)
+    result = _run_and_finalize(session, claim, started, inline_until, message_id)
     if reraise and result is not None and result.exception is not None:
         raise result.exception
     return result
@@ -189,15 +190,34 @@ def run_claimed(
     inline_deadline: float | None = None,
 ) -> StepResult | None:
     """Run an execution that :func:`execute_step` already claimed (``claimed_next``) in
-    the current app context, then finalize it like any other."""
+    the current app context, then finalize it like any other.
+
+    Should anything fail before its body starts, the claim is given back: the execution
+    is ``scheduled`` again, with an outbox row, and published after that commit.
+    """
     session: Session = geneva.db.session()
     started = time.perf_counter()
-    workflow = _attach_as_loaded(session, claimed.workflow_class, claimed.workflow_values)
-    execution = _attach_as_loaded(session, geneva.StepExecution, claimed.execution_values)
+    try:
+        workflow = _attach_as_loaded(session, claimed.workflow_class, claimed.workflow_values)
+        execution = _attach_as_loaded(session, geneva.StepExecution, claimed.execution_values)
+    except STEP_FAILURES:
+        logger.exception(
+            "could not set up the claimed step execution %s; giving it back to be run again",
+            claimed.subject.execution_id,
+        )
+        _give_back(session, geneva, claimed)
+        return None
     _send(signals.precondition_checked, claimed.subject, "passed", None, started)
     claim = _Claim(workflow, execution, claimed.step, claimed.definition, claimed.subject)
-    inline = inline_next and (inline_deadline is None or time.monotonic() < inline_deadline)
-    return _run_and_finalize(session, claim, started, inline, claimed.message_id)
+    inline_until = _inline_until(inline_next, inline_deadline)
+    return _run_and_finalize(session, claim, started, inline_until, claimed.message_id)
+
+
+def _inline_until(inline_next: bool, deadline: float | None) -> float | None:
+    """Until when (``time.monotonic()``) a step may hand its successor to the caller."""
+    if not inline_next:
+        return None
+    return math.inf if deadline is None else deadline
 
 
 def _attach_as_loaded(session: Session, model: type, values: dict[str, Any]) -> Any:
@@ -212,6 +232,41 @@ def _attach_as_loaded(session: Session, model: type, values: dict[str, Any]) -> 
     state = sa.inspect(instance)
     state.manager.dispatch.load(state, None)
     return instance
+
+
+def _give_back(session: Session, geneva: Any, claimed: ClaimedStep) -> None:
+    """Undo a claim whose body never started: the execution ``scheduled`` again, with
+    its outbox row (published after the commit), the workflow ``ready``. Plain
+    statements: loading the objects may be what failed."""
+    session.rollback()
+    session.expunge_all()
+    subject = claimed.subject
+    state = current_app.extensions["geneva"]
+    queue_name, priority, time_limit_ms = state.message_options_for(claimed.workflow_class)
+    now = utcnow()
+    try:
+        given_back = hot_path(geneva).give_back(
+            session,
+            subject.execution_id,
+            subject.workflow_id,
+            now=now,
+            queue_name=queue_name,
+            priority=priority,
+            time_limit_ms=time_limit_ms,
+        )
+        if given_back:
+            announce(
+                session, state, subject.execution_id, subject.workflow_id, queue_name,
+                priority, time_limit_ms, now, now,
+            )
+        session.commit()
+    except sa.exc.SQLAlchemyError:
+        session.rollback()
+        logger.exception(
+            "database error while giving back step execution %s; it stays in progress and "
+            "housekeeping will recover it",
+            subject.execution_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -411,7 +466,7 @@ def _run_and_finalize(
     session: Session,
     claim: _Claim,
     started: float,
-    inline_next: bool = False,
+    inline_until: float | None = None,
     message_id: str | None = None,
 ) -> StepResult | None:
     workflow, execution, step = claim.workflow, claim.execution, claim.step
@@ -431,6 +486,8 @@ def _run_and_finalize(
         policy = resolve_policy(step.on_exception, claim.definition.class_policies, error)
         handler_signal, error = _run_handler(session, workflow, execution, policy, error)
 
+    # Checked once the body has run: a long step hands its successor to the broker.
+    inline_next = inline_until is not None and time.monotonic() < inline_until
     try:
         session.flush()
         if error is None and signal is None:
@@ -534,7 +591,12 @@ def _finalize_completed(
             return None
         return WorkflowState.FINISHED.value, StepState.COMPLETED.value, None
     if inline_next and _may_claim_at_once(workflow, claim.definition, following):
-        return _complete_and_claim_next(session, claim, following, now, message_id)
+        hero_found = _lock_and_check_hero(session, workflow, subject.execution_id)
+        if hero_found is None:
+            return None
+        if hero_found:
+            return _complete_and_claim_next(session, claim, following, now, message_id)
+        # No hero (or its check raised): the next step is claimed the usual way.
     state = current_app.extensions["geneva"]
     queue_name, priority, time_limit_ms = state.message_options_for(type(workflow))
     run_at = now + following.wait
@@ -564,24 +626,34 @@ def _may_claim_at_once(
     workflow: Any, definition: WorkflowDefinition, following: StepDefinition
 ) -> bool:
     """Whether the next step can be claimed in the finalize's transaction: it is due at
-    once, every column of the workflow is loaded, and its only precondition is the
-    hero check (done here, in the same transaction, as the claim would do it)."""
+    once and its only precondition is the hero check (done in that transaction, under
+    the lock, as the claim would do it)."""
     if following.wait or definition.cancel_conditions:
         return False
     if following.skip_if is not None or following.only_if is not None:
         return False
-    loaded = sa.inspect(workflow).dict
-    if any(key not in loaded for key in _column_keys(type(workflow))):
-        return False
-    if type(workflow).may_proceed_without_hero:
+    known = hot_path(type(workflow)._geneva).workflow_columns
+    return all(column in known for _, column in _columns(type(workflow)))
+
+
+def _lock_and_check_hero(session: Session, workflow: Any, execution_id: Any) -> bool | None:
+    """The claim's hero check, for a next step claimed in the finalize: under the lock
+    of the workflow and the execution, taken first. True when the hero is there (or the
+    class needs none), False when it is not or its check raised, None when the
+    execution is no longer in progress."""
+    model = type(workflow)
+    if model.may_proceed_without_hero:
         return True
+    locked = hot_path(model._geneva).lock_states(session, execution_id)
+    if locked is None or locked.execution_state != StepState.IN_PROGRESS:
+        return None
     workflow.__dict__.pop("_geneva_hero_cache", None)
     try:
         return workflow.hero is not None
     except sa.exc.SQLAlchemyError:
-        raise  # geneva's own database work: the finalize is rolled back and left for recovery
+        raise  # geneva's own database work: rolled back, left for recovery
     except Exception:
-        return False  # the claim after the commit checks it again and records the error
+        return False  # the usual claim checks it again and records the error
 
 
 def _complete_and_claim_next(
@@ -592,10 +664,12 @@ def _complete_and_claim_next(
     message_id: str | None,
 ) -> tuple[str, str, Any] | None:
     """The finalize of an inline run: this execution completed and the next one inserted
-    already claimed (in progress), the workflow still performing."""
+    already claimed (in progress), the workflow still performing. None, having written
+    nothing, when the execution is no longer in progress."""
     workflow, subject = claim.workflow, claim.subject
     model = type(workflow)
-    claimed = hot_path(model._geneva).complete_and_continue(
+    statements = hot_path(model._geneva)
+    claimed = statements.complete_and_continue(
         session,
         subject.execution_id,
         subject.workflow_id,
@@ -606,24 +680,14 @@ def _complete_and_claim_next(
     )
     if claimed is None:
         return None
-    new_id, sequence = claimed
-    loaded = sa.inspect(workflow).dict
-    workflow_values = {key: loaded[key] for key in _column_keys(model)}
-    workflow_values.update(
-        data=json.loads(json.dumps(workflow_values["data"])),  # as if read back
-        state=WorkflowState.PERFORMING,
-        current_step_name=following.name,
-        next_step_name=following.name,
-        previous_step_name=claim.step.name,
-        execution_count=sequence,
-        updated_at=now,
-    )
+    new_id, row = claimed
+    workflow_values = {key: row[column] for key, column in _columns(model)}
     execution_model = model._geneva.StepExecution
-    execution_values = dict.fromkeys(_column_keys(execution_model))
+    execution_values: dict[str, Any] = {key: None for key, _ in _columns(execution_model)}
     execution_values.update(
         id=new_id,
         workflow_id=subject.workflow_id,
-        sequence=sequence,
+        sequence=workflow_values["execution_count"],
         step_name=following.name,
         state=StepState.IN_PROGRESS,
         scheduled_for=now,
@@ -652,16 +716,19 @@ def _complete_and_claim_next(
     return WorkflowState.READY.value, StepState.COMPLETED.value, claimed_step
 
 
-def _column_keys(model: type) -> tuple[str, ...]:
-    """The attribute names of a mapped class's columns."""
-    keys = _COLUMN_KEYS.get(model)
-    if keys is None:
+def _columns(model: type) -> tuple[tuple[str, Any], ...]:
+    """``(attribute name, column)`` of each column a mapped class maps."""
+    columns = _COLUMNS.get(model)
+    if columns is None:
         mapper: sa.orm.Mapper[Any] = sa.inspect(model)
-        keys = _COLUMN_KEYS[model] = tuple(attribute.key for attribute in mapper.column_attrs)
-    return keys
+        columns = tuple((attribute.key, attribute.columns[0]) for attribute in mapper.column_attrs)
+        _COLUMNS[model] = columns
+    return columns
 
 
-_COLUMN_KEYS: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
+_COLUMNS: weakref.WeakKeyDictionary[type, tuple[tuple[str, Any], ...]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _run_body(

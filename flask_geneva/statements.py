@@ -239,13 +239,36 @@ class HotPath:
                 updated_at=now,
             )
         )
+        #: The workflow's columns as they are once an inline run continues: the next
+        #: step's workflow object is built from them, current under the lock.
+        self.workflow_columns = tuple(workflows.c)
         self._complete_and_continue = (
             self._continue.where(went_through)
             .values(execution_count=workflows.c.execution_count + 1)
             .add_cte(locked, completed, started)
-            .returning(sa.select(started.c.id).scalar_subquery(), workflows.c.execution_count)
+            .returning(
+                sa.select(started.c.id).scalar_subquery().label("hp_started_id"),
+                *self.workflow_columns,
+            )
         )
         self._insert_started = sa.insert(executions).values({**execution_values, **claimed})
+        self._continue_returning = self._continue.returning(*self.workflow_columns)
+        # Giving back a claim whose body never started: scheduled again, the workflow
+        # ready, and an outbox row (run one at a time, after the lock: a rare path).
+        self._unclaim = (
+            sa.update(executions)
+            .where(
+                executions.c.id == execution_id,
+                executions.c.state == sa.literal(StepState.IN_PROGRESS, executions.c.state.type),
+            )
+            .values(state=StepState.SCHEDULED, started_at=None, message_id=None)
+        )
+        self._ready_again = (
+            sa.update(workflows)
+            .where(workflows.c.id == workflow_id)
+            .values(state=WorkflowState.READY, current_step_name=None, updated_at=now)
+        )
+        self._requeue = sa.insert(outbox).values(execution_id=execution_id, **outbox_values)
         # A workflow's first step (create()): the execution and its outbox row.
         first = sa.insert(executions).values(execution_values).returning(executions.c.id).cte(
             "scheduled"
@@ -387,11 +410,12 @@ class HotPath:
         next_step: str,
         now: datetime,
         message_id: str | None,
-    ) -> tuple[Any, int] | None:
+    ) -> tuple[Any, sa.RowMapping] | None:
         """The execution completed and the caller runs ``next_step`` itself, now: insert
         its execution already ``in_progress`` (the claim, in this same transaction) and
-        keep the workflow performing. Returns the new execution's id and sequence, or
-        None, having written nothing, when the execution is no longer in progress."""
+        keep the workflow performing. Returns the new execution's id and the workflow's
+        row as it now is (keyed by :attr:`workflow_columns`), or None, having written
+        nothing, when the execution is no longer in progress."""
         connection = session.connection()
         params: dict[str, Any] = {
             "hp_execution_id": execution_id,
@@ -408,7 +432,7 @@ class HotPath:
             row = connection.execute(self._complete_and_continue, params).first()
             if row is None:
                 return None
-            return params.get("hp_new_id", row[0]), int(row[1])
+            return params.get("hp_new_id", row[0]), row._mapping
         locked = self.lock_states(session, execution_id)
         if locked is None or locked.execution_state != StepState.IN_PROGRESS:
             return None
@@ -417,8 +441,35 @@ class HotPath:
         inserted = connection.execute(self._insert_started, params)
         if not self.uuid_keys:
             params["hp_new_id"] = _inserted_key(inserted)
-        connection.execute(self._continue, params)
-        return params["hp_new_id"], params["hp_sequence"]
+        workflow_row = connection.execute(self._continue_returning, params).one()
+        return params["hp_new_id"], workflow_row._mapping
+
+    def give_back(
+        self,
+        session: Session,
+        execution_id: Any,
+        workflow_id: Any,
+        *,
+        now: datetime,
+        queue_name: str,
+        priority: int,
+        time_limit_ms: int | None,
+    ) -> bool:
+        """Undo the claim of an execution whose body never started: ``scheduled`` again
+        (due now), with an outbox row, the workflow ``ready``. False, having written
+        nothing, when it is no longer in progress."""
+        connection = session.connection()
+        locked = self.lock_states(session, execution_id)
+        if locked is None or locked.execution_state != StepState.IN_PROGRESS:
+            return False
+        params = self._scheduling_params(
+            workflow_id, "", now, now, queue_name, priority, time_limit_ms
+        )
+        params["hp_execution_id"] = execution_id
+        connection.execute(self._unclaim, params)
+        connection.execute(self._ready_again, params)
+        connection.execute(self._requeue, params)
+        return True
 
     def schedule(
         self,

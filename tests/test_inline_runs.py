@@ -81,6 +81,45 @@ class Conditional(geneva.Workflow):
         db.session.add(Note(text="second"))
 
 
+class TakesItsTime(geneva.Workflow):
+    """The first step ends after the inline run's deadline (``UNTIL`` below)."""
+
+    may_proceed_without_hero = True
+
+    @step
+    def slow(self) -> None:
+        while time.monotonic() <= UNTIL[0]:  # until the deadline is behind us
+            time.sleep(0.005)
+
+    @step
+    def next_one(self) -> None:
+        pass
+
+
+#: The inline deadline TakesItsTime's first step outlasts.
+UNTIL: list[float] = [0.0]
+
+
+class Watched(geneva.Workflow):
+    """Meanwhile, something else writes to the workflow's row."""
+
+    may_proceed_without_hero = True
+
+    @step
+    def first(self) -> None:
+        with db.engine.begin() as other:  # another connection: a webhook, an admin
+            other.execute(
+                sa.update(geneva.Workflow.__table__)
+                .where(geneva.Workflow.__table__.c.id == self.id)
+                .values(data={"written_elsewhere": True})
+            )
+
+    @step
+    def second(self) -> None:
+        SEEN.append(("second", self, dict(self.data), None))
+        self.data["second"] = True
+
+
 @pytest.fixture(autouse=True)
 def _forget_what_was_seen() -> None:
     SEEN.clear()
@@ -303,6 +342,77 @@ def test_a_claimed_step_recovered_while_it_ran_records_nothing(app: Flask, user:
         ("first", "completed", "success"),
         ("second", "completed", "recovered"),
         ("second", "scheduled", None),
+    ]
+
+
+def test_a_step_that_ends_past_the_deadline_publishes_the_next(app: Flask) -> None:
+    """The deadline is checked when the step finalizes, not when it starts."""
+    workflow = TakesItsTime.create()
+    db.session.commit()
+    UNTIL[0] = time.monotonic() + 0.05
+    with app.app_context():
+        result = execute_step(
+            geneva, first_execution_id(workflow), inline_next=True, inline_deadline=UNTIL[0]
+        )
+    assert result is not None and result.exception is None
+    assert result.claimed_next is None and result.continue_with is None
+    db.session.expire_all()
+    following = workflow.current_execution
+    assert (following.step_name, following.state) == ("next_one", "scheduled")
+    assert published(app)[-1] == following.id
+
+
+def test_a_claimed_step_sees_what_others_wrote_to_the_workflow_meanwhile(app: Flask) -> None:
+    """The next step's workflow is built from the row as the finalize left it (read
+    under its lock), not from the object the step before had."""
+    workflow = Watched.create(data={"mine": 1})
+    db.session.commit()
+
+    results = run_like_a_worker(app, first_execution_id(workflow))
+
+    assert [r.claimed_next is not None for r in results] == [True, False]
+    assert SEEN[0][2] == {"written_elsewhere": True}
+    db.session.expire_all()
+    assert workflow.data == {"written_elsewhere": True, "second": True}
+
+
+def test_a_claim_that_cannot_be_set_up_is_given_back(app: Flask, user: Any) -> None:
+    """Anything failing before the body starts (here a load listener of the app) hands
+    the execution back: scheduled again, with its outbox row and message."""
+    workflow = CarryOn.create(hero=user)
+    db.session.commit()
+    with app.app_context():
+        result = execute_step(geneva, first_execution_id(workflow), inline_next=True)
+    assert result is not None and result.claimed_next is not None
+    claimed_id = result.claimed_next.subject.execution_id
+
+    def refuse(target: Any, context: Any) -> None:
+        raise RuntimeError("a load listener that fails")
+
+    sa.event.listen(CarryOn, "load", refuse)
+    try:
+        with app.app_context():
+            assert run_claimed(geneva, result.claimed_next) is None
+    finally:
+        sa.event.remove(CarryOn, "load", refuse)
+
+    db.session.expire_all()
+    second = workflow.current_execution
+    assert (second.id, second.state, second.started_at) == (claimed_id, "scheduled", None)
+    assert workflow.state == "ready" and workflow.current_step_name is None
+    assert [row.execution_id for row in outbox_rows(workflow)] == [claimed_id]
+    assert published(app)[-1] == claimed_id
+    assert [step for step, *_ in SEEN] == ["first"]  # the second body never ran
+
+    run_like_a_worker(app, claimed_id)
+
+    db.session.expire_all()
+    assert workflow.state == "finished"
+    assert [step for step, *_ in SEEN] == ["first", "second", "third"]
+    assert history(workflow) == [
+        ("first", "completed", "success"),
+        ("second", "completed", "success"),
+        ("third", "completed", "success"),
     ]
 
 

@@ -129,3 +129,39 @@ def test_a_deleted_uuid_hero_cancels(uuid_app, customer):
     uuid_db.session.commit()
     perform_next_step(wf)
     assert wf.state == "canceled"
+
+
+class ChainedVisits(uuid_geneva.Workflow):
+    """Steps due at once: a worker's inline run claims each in the finalize before."""
+
+    @step
+    def first(self):
+        self.hero.visits += 1
+
+    @step
+    def second(self):
+        self.data["second"] = str(self.current_execution.id)
+        self.hero.visits += 1
+
+
+def test_an_inline_run_claims_uuid_keyed_executions(uuid_app):
+    from flask_geneva.executor import run_claimed
+
+    shop = Shop()
+    uuid_db.session.add(shop)
+    uuid_db.session.commit()
+    wf = ChainedVisits.create(hero=shop)
+    uuid_db.session.commit()
+    with uuid_app.app_context():
+        result = execute_step(uuid_geneva, _scheduled(wf).id, inline_next=True)
+    assert result is not None and result.claimed_next is not None
+    claimed_id = result.claimed_next.subject.execution_id
+    assert isinstance(claimed_id, uuid.UUID)
+    with uuid_app.app_context():
+        last = run_claimed(uuid_geneva, result.claimed_next, inline_next=True)
+    assert last is not None and last.exception is None and last.execution_id == claimed_id
+    uuid_db.session.expire_all()
+    assert wf.state == "finished"
+    assert wf.data == {"second": str(claimed_id)}
+    assert [e.id for e in wf.execution_history][1] == claimed_id
+    assert uuid_db.session.get(Shop, shop.id).visits == 2
