@@ -632,8 +632,17 @@ def _may_claim_at_once(
         return False
     if following.skip_if is not None or following.only_if is not None:
         return False
-    known = hot_path(type(workflow)._geneva).workflow_columns
-    return all(column in known for _, column in _columns(type(workflow)))
+    return _built_from_returned_row(type(workflow))
+
+
+def _built_from_returned_row(model: Any) -> bool:
+    """Whether every column the class maps is one the inline finalize returns (a class
+    given a column after the statements were built is claimed the usual way)."""
+    known = _FROM_ROW.get(model)
+    if known is None:
+        returned = {id(column) for column in hot_path(model._geneva).workflow_columns}
+        known = _FROM_ROW[model] = all(id(column) in returned for _, column in _columns(model))
+    return known
 
 
 def _lock_and_check_hero(session: Session, workflow: Any, execution_id: Any) -> bool | None:
@@ -729,6 +738,7 @@ def _columns(model: type) -> tuple[tuple[str, Any], ...]:
 _COLUMNS: weakref.WeakKeyDictionary[type, tuple[tuple[str, Any], ...]] = (
     weakref.WeakKeyDictionary()
 )
+_FROM_ROW: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
 
 
 def _run_body(
