@@ -225,11 +225,10 @@ def _attach_as_loaded(session: Session, model: type, values: dict[str, Any]) -> 
     it had just been loaded (load events included), without reading the row."""
     mapper: sa.orm.Mapper[Any] = sa.orm.class_mapper(model)
     instance = mapper.class_manager.new_instance()
-    for key, value in values.items():
-        set_committed_value(instance, key, value)
+    state = sa.inspect(instance)
+    state.dict.update(values)  # as a load sets them; the next call commits them all
     make_transient_to_detached(instance)
     session.add(instance)
-    state = sa.inspect(instance)
     state.manager.dispatch.load(state, None)
     return instance
 
