@@ -23,14 +23,13 @@ import math
 import re
 import time
 import uuid
-import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 
 from flask_geneva import signals, transitions
@@ -44,6 +43,7 @@ from flask_geneva.flow import (
     ReattemptSignal,
     SkipSignal,
 )
+from flask_geneva.loading import attach_as_loaded, covers, mapped_columns, values_from
 from flask_geneva.logs import logger, workflow_logger
 from flask_geneva.models import json_snapshot
 from flask_geneva.policies import ExceptionPolicy, resolve_policy
@@ -198,8 +198,8 @@ def run_claimed(
     session: Session = geneva.db.session()
     started = time.perf_counter()
     try:
-        workflow = _attach_as_loaded(session, claimed.workflow_class, claimed.workflow_values)
-        execution = _attach_as_loaded(session, geneva.StepExecution, claimed.execution_values)
+        workflow = attach_as_loaded(session, claimed.workflow_class, claimed.workflow_values)
+        execution = attach_as_loaded(session, geneva.StepExecution, claimed.execution_values)
     except STEP_FAILURES:
         logger.exception(
             "could not set up the claimed step execution %s; giving it back to be run again",
@@ -218,19 +218,6 @@ def _inline_until(inline_next: bool, deadline: float | None) -> float | None:
     if not inline_next:
         return None
     return math.inf if deadline is None else deadline
-
-
-def _attach_as_loaded(session: Session, model: type, values: dict[str, Any]) -> Any:
-    """An ORM object for a row whose every column value is known, in ``session`` as if
-    it had just been loaded (load events included), without reading the row."""
-    mapper: sa.orm.Mapper[Any] = sa.orm.class_mapper(model)
-    instance = mapper.class_manager.new_instance()
-    state = sa.inspect(instance)
-    state.dict.update(values)  # as a load sets them; the next call commits them all
-    make_transient_to_detached(instance)
-    session.add(instance)
-    state.manager.dispatch.load(state, None)
-    return instance
 
 
 def _give_back(session: Session, geneva: Any, claimed: ClaimedStep) -> None:
@@ -631,17 +618,8 @@ def _may_claim_at_once(
         return False
     if following.skip_if is not None or following.only_if is not None:
         return False
-    return _built_from_returned_row(type(workflow))
-
-
-def _built_from_returned_row(model: Any) -> bool:
-    """Whether every column the class maps is one the inline finalize returns (a class
-    given a column after the statements were built is claimed the usual way)."""
-    known = _FROM_ROW.get(model)
-    if known is None:
-        returned = {id(column) for column in hot_path(model._geneva).workflow_columns}
-        known = _FROM_ROW[model] = all(id(column) in returned for _, column in _columns(model))
-    return known
+    model = type(workflow)
+    return covers(model, hot_path(model._geneva).workflow_columns)
 
 
 def _lock_and_check_hero(session: Session, workflow: Any, execution_id: Any) -> bool | None:
@@ -689,9 +667,9 @@ def _complete_and_claim_next(
     if claimed is None:
         return None
     new_id, row = claimed
-    workflow_values = {key: row[column] for key, column in _columns(model)}
+    workflow_values = values_from(model, row)
     execution_model = model._geneva.StepExecution
-    execution_values: dict[str, Any] = {key: None for key, _ in _columns(execution_model)}
+    execution_values: dict[str, Any] = {key: None for key, _ in mapped_columns(execution_model)}
     execution_values.update(
         id=new_id,
         workflow_id=subject.workflow_id,
@@ -722,22 +700,6 @@ def _complete_and_claim_next(
     # The state this outcome gives the workflow (its next step scheduled), as for any
     # normal return; that this worker has already claimed that step is its own affair.
     return WorkflowState.READY.value, StepState.COMPLETED.value, claimed_step
-
-
-def _columns(model: type) -> tuple[tuple[str, Any], ...]:
-    """``(attribute name, column)`` of each column a mapped class maps."""
-    columns = _COLUMNS.get(model)
-    if columns is None:
-        mapper: sa.orm.Mapper[Any] = sa.inspect(model)
-        columns = tuple((attribute.key, attribute.columns[0]) for attribute in mapper.column_attrs)
-        _COLUMNS[model] = columns
-    return columns
-
-
-_COLUMNS: weakref.WeakKeyDictionary[type, tuple[tuple[str, Any], ...]] = (
-    weakref.WeakKeyDictionary()
-)
-_FROM_ROW: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
 
 
 def _run_body(
