@@ -66,10 +66,9 @@ except ImportError:  # pragma: no cover
 #: A message may run its execution this much before ``scheduled_for`` (clock skew between
 #: the relay's machine and the worker's).
 EARLY_TOLERANCE: Final = timedelta(seconds=1)
-#: A message that arrives at most this much before ``scheduled_for`` is claimed at once
-#: and its body started at ``scheduled_for``: the relay publishes a waited step a little
-#: ahead (``Relay.lead``) so that the broker hop, the consumer's poll and the claim are
-#: over by its due time, and the step starts on time.
+#: A message that arrives at most this much before ``scheduled_for`` waits for it: the
+#: relay publishes a waited step a little ahead (``Relay.lead``) so that the broker hop
+#: and the consumer's poll are over by its due time, and the step starts on time.
 EARLY_WAIT_MAX: Final = timedelta(milliseconds=250)
 
 
@@ -287,6 +286,7 @@ def _claim(
     message_id: str | None,
     ignore_schedule: bool,
     started: float,
+    waited: bool = False,
 ) -> _Claim | StepResult | None:
     locked = lock_workflow_and_execution(session, geneva, key)
     if locked is None:
@@ -310,11 +310,11 @@ def _claim(
         return None
     early = execution.scheduled_for - now
     waits = execution.scheduled_for > execution.created_at  # a step due at once never waits
-    body_at = now
-    if not ignore_schedule and waits and timedelta(0) < early <= EARLY_WAIT_MAX:
-        # Published ahead of its due time: claimed now, its body starts at the due time
-        # (at that moment only the body is left to start, however busy the worker is).
-        body_at = execution.scheduled_for
+    if not ignore_schedule and not waited and waits and timedelta(0) < early <= EARLY_WAIT_MAX:
+        # Published ahead of its due time: wait for it without holding the locks.
+        session.rollback()
+        time.sleep(early.total_seconds())
+        return _claim(session, geneva, key, message_id, ignore_schedule, started, waited=True)
 
     cls = type(workflow)
     subject = _Subject(
@@ -361,11 +361,10 @@ def _claim(
         assert error is not None
         policy = resolve_policy(step.on_exception, definition.class_policies, error)
     if verdict == "passed" or (policy is not None and policy.handler is not None):
-        _mark_in_progress(session, workflow, execution, step.name, now, message_id, body_at)
+        _mark_in_progress(session, workflow, execution, step.name, now, message_id)
         _commit_keeping_objects(session)
         if verdict == "passed":
             _send(signals.precondition_checked, subject, "passed", None, started)
-        _sleep_until(body_at)
         return _Claim(workflow, execution, step, definition, subject, precondition_error=error)
 
     # Set only now: the preconditions' queries would otherwise flush it on its own.
@@ -394,23 +393,18 @@ def _mark_in_progress(
     step_name: str,
     now: datetime,
     message_id: str | None,
-    body_at: datetime,
 ) -> None:
     """The claim's writes as prebuilt statements (the hot path: no unit of work; one
-    statement on PostgreSQL). ``started_at`` is when the body starts (``body_at``: now,
-    or the due time of a step claimed a little ahead of it).
+    statement on PostgreSQL).
 
     The loaded objects are given the same values as committed state, so they stay
     current for the step body without being flushed again.
     """
     hot_path(type(workflow)._geneva).claim(
-        session, execution.id, workflow.id, step_name, now, message_id, started_at=body_at
+        session, execution.id, workflow.id, step_name, now, message_id
     )
     for target, values in (
-        (
-            execution,
-            {"state": StepState.IN_PROGRESS, "started_at": body_at, "message_id": message_id},
-        ),
+        (execution, {"state": StepState.IN_PROGRESS, "started_at": now, "message_id": message_id}),
         (
             workflow,
             {"state": WorkflowState.PERFORMING, "current_step_name": step_name, "updated_at": now},
@@ -418,13 +412,6 @@ def _mark_in_progress(
     ):
         for key, value in values.items():
             set_committed_value(target, key, value)
-
-
-def _sleep_until(moment: datetime) -> None:
-    """Wait, holding no lock, until ``moment`` (a due time at most EARLY_WAIT_MAX away)."""
-    remaining = (moment - utcnow()).total_seconds()
-    if remaining > 0:
-        time.sleep(remaining)
 
 
 def _mark_started(execution: Any, now: datetime, message_id: str | None) -> None:

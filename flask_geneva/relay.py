@@ -48,9 +48,8 @@ POLL_INTERVAL_POSTGRESQL_S: Final = 5.0
 #: Back-off bounds after an error, in seconds.
 BACKOFF_MIN_S: Final = 0.5
 BACKOFF_MAX_S: Final = 30.0
-#: Time for the relay's own commit and publish and for the worker's claim, on top of a
-#: consumer's idle poll: the claim is over by the due time even on a busy worker.
-LEAD_MARGIN_MS: Final = 75
+#: Time for the relay's own commit and publish, on top of a consumer's idle poll.
+LEAD_MARGIN_MS: Final = 25
 #: How often orphaned rows (their execution no longer scheduled) are swept, in seconds.
 SWEEP_INTERVAL_S: Final = 60.0
 
@@ -63,8 +62,8 @@ class Relay:
         self.grace_period = state.config.relay_grace_period
         self.republish_after = state.config.relay_republish_after
         #: How long before its due time a waited step is published: enough for the
-        #: broker hop, an idle consumer's next poll and the claim, so that at the due
-        #: time only the body is left to start (``executor.EARLY_WAIT_MAX``).
+        #: broker hop and an idle consumer's next poll, so that the worker has the
+        #: message at the due time (it waits for it: ``executor.EARLY_WAIT_MAX``).
         self.lead = min(
             timedelta(milliseconds=state.config.worker_idle_timeout_ms + LEAD_MARGIN_MS),
             EARLY_WAIT_MAX,

@@ -88,7 +88,7 @@ class HotPath:
             .where(executions.c.id == execution_id)
             .values(
                 state=StepState.IN_PROGRESS,
-                started_at=param("hp_started_at", _TIMESTAMP),
+                started_at=now,
                 message_id=param("hp_message_id", executions.c.message_id.type),
             )
         )
@@ -324,17 +324,14 @@ class HotPath:
         step_name: str,
         now: datetime,
         message_id: str | None,
-        started_at: datetime | None = None,
     ) -> None:
-        """Mark the execution in progress (``started_at``, by default ``now``) and the
-        workflow performing; drop the outbox row."""
+        """Mark the execution in progress and the workflow performing; drop the outbox row."""
         connection = session.connection()
         params = {
             "hp_execution_id": execution_id,
             "hp_workflow_id": workflow_id,
             "hp_step_name": step_name,
             "hp_now": now,
-            "hp_started_at": now if started_at is None else started_at,
             "hp_message_id": message_id,
         }
         if connection.dialect.name == "postgresql":
