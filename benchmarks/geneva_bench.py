@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 SYSTEM = "geneva"
-LABEL = "flask_geneva (outbox, 2 commits per step) on Redis + PostgreSQL"
+LABEL = "flask_geneva (outbox, 1-2 commits per step) on Redis + PostgreSQL"
 ORDER = 2
 VENV = ".venv"
 

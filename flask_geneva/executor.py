@@ -11,6 +11,11 @@
    apply the outcome, schedule what comes next, commit. An unhandled exception rolls the
    body's writes back first and records the failure.
 
+In a worker's inline run (``inline_next``) the finalize of a step whose next step is due
+at once and has no condition also claims that step (:func:`run_claimed` then runs it on
+objects built from what the finalize returned); a claim whose body cannot start is given
+back (:func:`give_back`).
+
 An error in geneva's own database work is not a step failure: it is logged, the
 transaction is rolled back, and the execution is left for the relay (unclaimed) or for
 housekeeping (in progress).
@@ -49,6 +54,7 @@ from flask_geneva.models import json_snapshot
 from flask_geneva.policies import ExceptionPolicy, resolve_policy
 from flask_geneva.scheduling import (
     announce,
+    is_postgresql,
     lock_workflow_and_execution,
     take_for_inline_run,
 )
@@ -200,14 +206,17 @@ def run_claimed(
     try:
         workflow = attach_as_loaded(session, claimed.workflow_class, claimed.workflow_values)
         execution = attach_as_loaded(session, geneva.StepExecution, claimed.execution_values)
-    except STEP_FAILURES:
-        logger.exception(
+        _send(signals.precondition_checked, claimed.subject, "passed", None, started)
+    except BaseException as error:
+        logger.error(
             "could not set up the claimed step execution %s; giving it back to be run again",
             claimed.subject.execution_id,
+            exc_info=True,
         )
-        _give_back(session, geneva, claimed)
-        return None
-    _send(signals.precondition_checked, claimed.subject, "passed", None, started)
+        give_back(geneva, claimed)
+        if isinstance(error, STEP_FAILURES):
+            return None
+        raise
     claim = _Claim(workflow, execution, claimed.step, claimed.definition, claimed.subject)
     inline_until = _inline_until(inline_next, inline_deadline)
     return _run_and_finalize(session, claim, started, inline_until, claimed.message_id)
@@ -220,10 +229,12 @@ def _inline_until(inline_next: bool, deadline: float | None) -> float | None:
     return math.inf if deadline is None else deadline
 
 
-def _give_back(session: Session, geneva: Any, claimed: ClaimedStep) -> None:
+def give_back(geneva: Any, claimed: ClaimedStep) -> None:
     """Undo a claim whose body never started: the execution ``scheduled`` again, with
     its outbox row (published after the commit), the workflow ``ready``. Plain
-    statements: loading the objects may be what failed."""
+    statements: loading the objects may be what failed. Needs an app context; never
+    raises (a database error leaves the execution to housekeeping, as after any claim)."""
+    session: Session = geneva.db.session()
     session.rollback()
     session.expunge_all()
     subject = claimed.subject
@@ -509,15 +520,22 @@ def _run_and_finalize(
         return StepResult(
             subject.execution_id, step.name, "exception", error, continue_with, claimed_next
         )
-    _send(
-        signals.step_finalized,
-        subject,
-        performed,
-        error,
-        started,
-        workflow_state=workflow_state,
-        step_state=step_state,
-    )
+    try:
+        _send(
+            signals.step_finalized,
+            subject,
+            performed,
+            error,
+            started,
+            workflow_state=workflow_state,
+            step_state=step_state,
+        )
+    except BaseException:
+        # Interrupted (a time limit, a receiver raising a BaseException): the claimed
+        # next step will not run here.
+        if claimed_next is not None:
+            give_back(type(workflow)._geneva, claimed_next)
+        raise
     return StepResult(
         subject.execution_id, step.name, performed, error, continue_with, claimed_next
     )
@@ -635,11 +653,14 @@ def _lock_and_check_hero(session: Session, workflow: Any, execution_id: Any) -> 
         return None
     workflow.__dict__.pop("_geneva_hero_cache", None)
     try:
-        return workflow.hero is not None
-    except sa.exc.SQLAlchemyError:
-        raise  # geneva's own database work: rolled back, left for recovery
+        if not is_postgresql(session):
+            return workflow.hero is not None
+        # A failed query aborts a PostgreSQL transaction: only the savepoint's part is
+        # undone, and the step before keeps its outcome.
+        with session.begin_nested():
+            return workflow.hero is not None
     except Exception:
-        return False  # the usual claim checks it again and records the error
+        return False  # the usual claim loads it again and records what it raises
 
 
 def _complete_and_claim_next(

@@ -49,8 +49,8 @@ POLL_INTERVAL_POSTGRESQL_S: Final = 5.0
 BACKOFF_MIN_S: Final = 0.5
 BACKOFF_MAX_S: Final = 30.0
 #: Time for the relay's own commit and publish, on top of a consumer's idle poll; on a
-#: busy worker process the relay's thread waits for the GIL too (25 ms left the steps of
-#: a burst of timers 17-30 ms late at the median, 75 ms about 17).
+#: busy worker process the relay's thread waits for the GIL too (in the benchmark's burst
+#: of 50 timers, 25 ms left the steps 25-30 ms late at the median, 75 ms about 20).
 LEAD_MARGIN_MS: Final = 75
 #: How often orphaned rows (their execution no longer scheduled) are swept, in seconds.
 SWEEP_INTERVAL_S: Final = 60.0

@@ -13,7 +13,9 @@ Elsewhere (SQLite) the same writes go out one statement at a time, in that order
 
 What the statements write is what :mod:`flask_geneva.transitions` writes through the ORM
 for the same outcome; the executor uses them only for the common outcomes (a claim whose
-preconditions passed, a body that returned normally) and the ORM path for the rest.
+preconditions passed, a body that returned normally, and in a worker's inline run the
+claim of the next step within that finalize, or giving such a claim back) and the ORM
+path for the rest.
 """
 
 from __future__ import annotations

@@ -204,40 +204,54 @@ class GenevaState:
     def _perform_step(self, execution_id: Any) -> None:
         """Run a step message; then, up to ``GENEVA_INLINE_STEPS`` times and for at most
         ``INLINE_STEPS_MAX_SECONDS``, the workflow's next step when it is due at once (no
-        broker round trip for it). Each step runs in an app context of its own."""
-        from flask_geneva.executor import execute_step, run_claimed
+        broker round trip for it). Each step runs in an app context of its own.
+
+        A next step claimed in the finalize of the one before is given back (scheduled
+        again and published) if anything interrupts the run before it starts.
+        """
+        from flask_geneva.executor import execute_step, give_back, run_claimed
 
         message_id = current_message_id.get()
         budget = self.config.inline_steps
         deadline = time.monotonic() + INLINE_STEPS_MAX_SECONDS
-        with self.app.app_context():
-            result = execute_step(
-                self.geneva,
-                execution_id,
-                message_id=message_id,
-                inline_next=budget > 0,
-                inline_deadline=deadline,
-            )
-        while result is not None and budget > 0:
-            budget -= 1
+        claimed: Any = None  # claimed for this thread, not yet handed to run_claimed
+        try:
             with self.app.app_context():
-                if result.claimed_next is not None:
-                    result = run_claimed(
-                        self.geneva,
-                        result.claimed_next,
-                        inline_next=budget > 0,
-                        inline_deadline=deadline,
-                    )
-                elif result.continue_with is not None:
-                    result = execute_step(
-                        self.geneva,
-                        result.continue_with,
-                        message_id=message_id,
-                        inline_next=budget > 0,
-                        inline_deadline=deadline,
-                    )
-                else:
-                    return
+                result = execute_step(
+                    self.geneva,
+                    execution_id,
+                    message_id=message_id,
+                    inline_next=budget > 0,
+                    inline_deadline=deadline,
+                )
+                claimed = result.claimed_next if result is not None else None
+            while result is not None and budget > 0:
+                budget -= 1
+                with self.app.app_context():
+                    if claimed is not None:
+                        taken, claimed = claimed, None  # run_claimed answers for it now
+                        result = run_claimed(
+                            self.geneva,
+                            taken,
+                            inline_next=budget > 0,
+                            inline_deadline=deadline,
+                        )
+                    elif result.continue_with is not None:
+                        result = execute_step(
+                            self.geneva,
+                            result.continue_with,
+                            message_id=message_id,
+                            inline_next=budget > 0,
+                            inline_deadline=deadline,
+                        )
+                    else:
+                        return
+                    claimed = result.claimed_next if result is not None else None
+        except BaseException:
+            if claimed is not None:
+                with self.app.app_context():
+                    give_back(self.geneva, claimed)
+            raise
 
     def warm_up(self) -> None:
         """Compile the step hot path's statements now rather than in the first steps;

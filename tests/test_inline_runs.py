@@ -88,6 +88,7 @@ class TakesItsTime(geneva.Workflow):
 
     @step
     def slow(self) -> None:
+        BODY_STARTED[0] = time.monotonic()
         while time.monotonic() <= UNTIL[0]:  # until the deadline is behind us
             time.sleep(0.005)
 
@@ -96,8 +97,9 @@ class TakesItsTime(geneva.Workflow):
         pass
 
 
-#: The inline deadline TakesItsTime's first step outlasts.
+#: The inline deadline TakesItsTime's first step outlasts, and when its body started.
 UNTIL: list[float] = [0.0]
+BODY_STARTED: list[float] = [0.0]
 
 
 class Watched(geneva.Workflow):
@@ -328,7 +330,8 @@ def test_a_claimed_step_recovered_while_it_ran_records_nothing(app: Flask, user:
     with app.app_context():
         result = execute_step(geneva, first_execution_id(workflow), inline_next=True)
     assert result is not None and result.claimed_next is not None
-    run_housekeeping(now=utcnow() + timedelta(hours=2))  # while "second" runs
+    # Its worker stalls for hours after the claim, and housekeeping recovers the step.
+    run_housekeeping(now=utcnow() + timedelta(hours=2))
     db.session.commit()
 
     with app.app_context():
@@ -349,13 +352,14 @@ def test_a_step_that_ends_past_the_deadline_publishes_the_next(app: Flask) -> No
     """The deadline is checked when the step finalizes, not when it starts."""
     workflow = TakesItsTime.create()
     db.session.commit()
-    UNTIL[0] = time.monotonic() + 0.05
+    UNTIL[0] = time.monotonic() + 0.5
     with app.app_context():
         result = execute_step(
             geneva, first_execution_id(workflow), inline_next=True, inline_deadline=UNTIL[0]
         )
+    assert BODY_STARTED[0] < UNTIL[0]  # the step started before the deadline ...
     assert result is not None and result.exception is None
-    assert result.claimed_next is None and result.continue_with is None
+    assert result.claimed_next is None and result.continue_with is None  # ... ended after
     db.session.expire_all()
     following = workflow.current_execution
     assert (following.step_name, following.state) == ("next_one", "scheduled")
@@ -453,3 +457,71 @@ def test_a_worker_runs_a_workflow_to_the_end_in_one_message(app: Flask, user: An
     assert len(messages) == 1 and None not in messages
     assert note_texts() == ["first", "second", "third"]
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Note)) == 3
+
+
+class Interrupted(BaseException):
+    """What a time limit or a signal would raise in the worker's thread."""
+
+
+def test_a_claimed_step_interrupted_before_it_runs_is_given_back(app: Flask, user: Any) -> None:
+    """An interruption after the finalize's commit (here a step_finalized receiver that
+    raises a BaseException) hands the claimed next step back: scheduled, published."""
+    workflow = CarryOn.create(hero=user)
+    db.session.commit()
+
+    def interrupt(sender: Any, **payload: Any) -> None:
+        raise Interrupted()
+
+    signals.step_finalized.connect(interrupt)
+    try:
+        with app.app_context(), pytest.raises(Interrupted):
+            execute_step(geneva, first_execution_id(workflow), inline_next=True)
+    finally:
+        signals.step_finalized.disconnect(interrupt)
+
+    db.session.expire_all()
+    second = workflow.current_execution
+    assert (second.step_name, second.state, second.started_at) == ("second", "scheduled", None)
+    assert workflow.state == "ready"
+    assert [row.execution_id for row in outbox_rows(workflow)] == [second.id]
+    assert published(app)[-1] == second.id
+    assert history(workflow)[0] == ("first", "completed", "success")
+
+
+def test_a_hero_check_that_fails_keeps_the_step_before_and_the_claim_decides(
+    app: Flask, user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database error while the finalize loads the next step's hero (a real one: a
+    query that fails, which aborts a PostgreSQL transaction) does not cost the step
+    before its outcome: the next step is claimed the usual way, and what its hero check
+    raises there is a precondition's exception (the default policy pauses)."""
+    workflow = CarryOn.create(hero=user)
+    db.session.commit()
+    real_load_hero = geneva.load_hero
+    loads: list[str] = []
+
+    def load_hero(hero_type: Any, hero_id: Any) -> Any:
+        loads.append(hero_type)
+        if len(loads) == 1:  # the first step's own claim
+            return real_load_hero(hero_type, hero_id)
+        if len(loads) == 2:  # the finalize's check for the second step
+            db.session.execute(sa.text("SELECT * FROM no_such_hero_table"))
+        raise RuntimeError("the hero service is down")  # the second step's claim
+
+    first_id = first_execution_id(workflow)
+    monkeypatch.setattr(geneva, "load_hero", load_hero)
+    results = run_like_a_worker(app, first_id)
+
+    assert len(loads) == 3
+    assert [(r.step_name, r.outcome) for r in results] == [
+        ("first", "completed"),
+        ("second", "exception"),
+    ]
+    assert results[0].claimed_next is None and results[0].continue_with is not None
+    db.session.expire_all()
+    assert workflow.state == "paused"
+    assert history(workflow) == [
+        ("first", "completed", "success"),
+        ("second", "failed", "failed"),
+    ]
+    assert note_texts() == ["first"]
