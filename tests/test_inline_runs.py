@@ -525,3 +525,35 @@ def test_a_hero_check_that_fails_keeps_the_step_before_and_the_claim_decides(
         ("second", "failed", "failed"),
     ]
     assert note_texts() == ["first"]
+
+
+def test_a_worker_interrupted_between_two_steps_gives_the_claimed_one_back(
+    app: Flask, user: Any
+) -> None:
+    """The worker's own loop: an interruption after the first step's app context ended
+    (here its teardown) hands back the step that step's finalize had claimed."""
+    state = app.extensions["geneva"]
+    workflow = CarryOn.create(hero=user)
+    db.session.commit()
+    first_id = first_execution_id(workflow)
+    teardowns: list[int] = []
+
+    def interrupt_once(_error: Any) -> None:
+        teardowns.append(1)
+        if len(teardowns) == 1:
+            raise Interrupted()
+
+    app.teardown_appcontext_funcs.insert(0, interrupt_once)
+    try:
+        with pytest.raises(Interrupted):
+            state._perform_step(first_id)
+    finally:
+        app.teardown_appcontext_funcs.remove(interrupt_once)
+
+    db.session.expire_all()
+    second = workflow.current_execution
+    assert (second.step_name, second.state, second.started_at) == ("second", "scheduled", None)
+    assert workflow.state == "ready"
+    assert [row.execution_id for row in outbox_rows(workflow)] == [second.id]
+    assert published(app)[-1] == second.id
+    assert [step for step, *_ in SEEN] == ["first"]
