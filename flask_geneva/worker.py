@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware.time_limit import TimeLimit
 from flask import Flask
 
 from flask_geneva.config import GenevaConfig
@@ -42,6 +43,10 @@ EMBEDDED_WORKER_TIMEOUT_MS: Final = 100
 #: The Dramatiq message being processed by this thread (its id is recorded on the claim).
 current_message_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "geneva_current_message_id", default=None
+)
+#: The message itself (an inline run restarts its time limit for each step).
+current_message: contextvars.ContextVar[dramatiq.MessageProxy | None] = contextvars.ContextVar(
+    "geneva_current_message", default=None
 )
 
 
@@ -121,6 +126,7 @@ class GenevaMiddleware(dramatiq.Middleware):
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
     ) -> None:
         current_message_id.set(message.message_id)
+        current_message.set(message)
 
     def after_process_message(
         self,
@@ -131,6 +137,7 @@ class GenevaMiddleware(dramatiq.Middleware):
         exception: BaseException | None = None,
     ) -> None:
         current_message_id.set(None)
+        current_message.set(None)
 
 
 class GenevaState:
@@ -227,6 +234,7 @@ class GenevaState:
                 claimed = result.claimed_next if result is not None else None
             while result is not None and budget > 0:
                 budget -= 1
+                self._restart_time_limit()
                 with self.app.app_context():
                     if claimed is not None:
                         taken, claimed = claimed, None  # run_claimed answers for it now
@@ -252,6 +260,17 @@ class GenevaState:
                 with self.app.app_context():
                     give_back(self.geneva, claimed)
             raise
+
+    def _restart_time_limit(self) -> None:
+        """Give the next step of an inline run the whole time limit a step run from its
+        own message gets: Dramatiq's ``TimeLimit`` middleware counts from the message's
+        start, which would leave a later step only what the earlier ones did not use."""
+        message = current_message.get()
+        if message is None:
+            return
+        for middleware in self.broker.middleware:
+            if isinstance(middleware, TimeLimit):
+                middleware.before_process_message(self.broker, message)
 
     def warm_up(self) -> None:
         """Compile the step hot path's statements now rather than in the first steps;

@@ -100,6 +100,46 @@ class HangingWorkflow(geneva.Workflow):
         record(self)
 
 
+def _work_for(seconds: float) -> None:
+    """Keep the step busy (in short sleeps: a time limit interrupts between them)."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        time.sleep(0.01)
+
+
+class TimedStepsWorkflow(geneva.Workflow):
+    """Four 0.6 s steps under a 1 s time limit, one after the other in one inline run,
+    then a step that outlasts the limit."""
+
+    may_proceed_without_hero = True
+    step_job_options = {"time_limit": 1000}
+
+    @step
+    def one(self) -> None:
+        _work_for(0.6)
+        record(self)
+
+    @step
+    def two(self) -> None:
+        _work_for(0.6)
+        record(self)
+
+    @step
+    def three(self) -> None:
+        _work_for(0.6)
+        record(self)
+
+    @step
+    def four(self) -> None:
+        _work_for(0.6)
+        record(self)
+
+    @step
+    def too_long(self) -> None:
+        _work_for(10)
+        record(self)
+
+
 def create_app(
     database_url: str | None = None, broker_url: str | None = None, queue: str | None = None
 ) -> Flask:

@@ -20,7 +20,14 @@ from flask import Flask
 
 from flask_geneva.housekeeping import run_housekeeping
 from flask_geneva.timeutil import utcnow
-from tests.e2e_app import HangingWorkflow, StepRun, ThreeStepWorkflow, WaitingWorkflow, create_app
+from tests.e2e_app import (
+    HangingWorkflow,
+    StepRun,
+    ThreeStepWorkflow,
+    TimedStepsWorkflow,
+    WaitingWorkflow,
+    create_app,
+)
 from tests.e2e_support import WorkerProcesses, wait_until
 from tests.models import db, geneva
 
@@ -138,6 +145,38 @@ def test_200_concurrent_workflows_run_every_step_exactly_once(e2e: E2E) -> None:
     assert len(runs) == 600
     assert set(runs.values()) == {1}
     assert db.session.scalar(sa.select(sa.func.count()).select_from(geneva.OutboxMessage)) == 0
+
+
+def test_each_step_of_an_inline_run_gets_the_whole_time_limit(e2e: E2E) -> None:
+    """Dramatiq's time limit counts per message; the steps a worker runs inline after
+    the message's own each get the class's whole limit, and a step that outlasts it is
+    still stopped."""
+    e2e.start_workers(processes=1, threads=1)
+    [workflow_id] = _create(TimedStepsWorkflow, 1)
+    wait_until(
+        lambda: e2e.states([workflow_id]) == {"paused": 1},
+        timeout=60,
+        message="the workflow to pause at its step that is too long",
+    )
+    rows = db.session.execute(
+        sa.select(
+            geneva.StepExecution.step_name,
+            geneva.StepExecution.state,
+            geneva.StepExecution.error_class_name,
+            geneva.StepExecution.message_id,
+        )
+        .where(geneva.StepExecution.workflow_id == workflow_id)
+        .order_by(geneva.StepExecution.sequence)
+    ).all()
+    assert [(name, state, error) for name, state, error, _ in rows] == [
+        ("one", "completed", None),
+        ("two", "completed", None),
+        ("three", "completed", None),
+        ("four", "completed", None),
+        ("too_long", "failed", "dramatiq.middleware.time_limit.TimeLimitExceeded"),
+    ]
+    # One message ran them all: 2.4 s of steps under a limit of 1 s per message.
+    assert len({message_id for *_, message_id in rows}) == 1
 
 
 def test_a_step_message_delivered_twice_runs_once(e2e: E2E) -> None:
