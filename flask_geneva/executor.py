@@ -235,8 +235,9 @@ def give_back(geneva: Any, claimed: ClaimedStep) -> None:
     statements: loading the objects may be what failed. Needs an app context; never
     raises (a database error leaves the execution to housekeeping, as after any claim)."""
     session: Session = geneva.db.session()
-    session.rollback()
-    session.expunge_all()
+    # Not rollback(): after an ``after_commit`` listener raised, the session is left
+    # "committed" and only close() (which rolls back whatever is open) resets it.
+    session.close()
     subject = claimed.subject
     state = current_app.extensions["geneva"]
     queue_name, priority, time_limit_ms = state.message_options_for(claimed.workflow_class)
@@ -501,7 +502,15 @@ def _run_and_finalize(
             )
             return None
         workflow_state, step_state, continue_with = finished
-        session.commit()
+        try:
+            session.commit()
+        except BaseException:
+            # The commit may have gone through before this (an ``after_commit`` listener
+            # raised, a time limit struck): a next step it claimed would wait for
+            # housekeeping. Giving it back is a no-op when nothing was committed.
+            if isinstance(continue_with, ClaimedStep):
+                give_back(type(workflow)._geneva, continue_with)
+            raise
     except sa.exc.SQLAlchemyError:
         session.rollback()
         log.exception(

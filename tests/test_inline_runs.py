@@ -557,3 +557,41 @@ def test_a_worker_interrupted_between_two_steps_gives_the_claimed_one_back(
     assert [row.execution_id for row in outbox_rows(workflow)] == [second.id]
     assert published(app)[-1] == second.id
     assert [step for step, *_ in SEEN] == ["first"]
+
+
+def test_a_listener_failing_after_the_commit_gives_the_claimed_step_back(
+    app: Flask, user: Any
+) -> None:
+    """An ``after_commit`` listener of the app that raises (the commit itself went
+    through): the step before keeps its outcome and the step its finalize claimed is
+    handed back, not left in progress for housekeeping."""
+    workflow = CarryOn.create(hero=user)
+    db.session.commit()
+    commits: list[int] = []
+
+    def fail_once(session: Any) -> None:
+        if session.in_nested_transaction():
+            return  # a savepoint (the hero check's, on PostgreSQL)
+        commits.append(1)
+        if len(commits) == 2:  # the first step's finalize (the first is its claim)
+            raise RuntimeError("an after_commit listener that fails")
+
+    sa.event.listen(sa.orm.Session, "after_commit", fail_once)
+    try:
+        with app.app_context(), pytest.raises(RuntimeError, match="after_commit listener"):
+            execute_step(geneva, first_execution_id(workflow), inline_next=True)
+    finally:
+        sa.event.remove(sa.orm.Session, "after_commit", fail_once)
+
+    db.session.expire_all()
+    second = workflow.current_execution
+    assert (second.step_name, second.state, second.started_at) == ("second", "scheduled", None)
+    assert workflow.state == "ready"
+    assert [row.execution_id for row in outbox_rows(workflow)] == [second.id]
+    assert published(app)[-1] == second.id
+    assert history(workflow)[0] == ("first", "completed", "success")
+
+    run_like_a_worker(app, second.id)
+    db.session.expire_all()
+    assert workflow.state == "finished"
+    assert [step for step, *_ in SEEN] == ["first", "second", "third"]
