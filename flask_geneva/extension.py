@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from flask import Flask
@@ -67,6 +67,7 @@ class Geneva:
             )
         if "sqlalchemy" not in app.extensions:
             raise RuntimeError("call db.init_app(app) before geneva.init_app(app)")
+        _check_database(app, self.db)
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         config = GenevaConfig.from_mapping(app.config)
@@ -152,6 +153,21 @@ class Geneva:
         except (TypeError, ValueError):
             return None
         return self.db.session.get(cls, key, populate_existing=True)
+
+
+#: The databases geneva's statements are written and tested for.
+SUPPORTED_DATABASES: Final = ("postgresql", "sqlite")
+
+
+def _check_database(app: Flask, db: Any) -> None:
+    """Refuse a database geneva does not run on, before anything is registered."""
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name not in SUPPORTED_DATABASES:
+        raise ValueError(
+            f"flask_geneva runs on PostgreSQL or SQLite; the app's database "
+            f"({engine.url.render_as_string(hide_password=True)}) is {engine.dialect.name}"
+        )
 
 
 def _coerce_key(column_type: sa.types.TypeEngine[Any], text: str) -> Any:

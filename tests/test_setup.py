@@ -154,3 +154,22 @@ def test_geneva_app_db_form_and_create_all(tmp_path):
         assert (wf.state, wf.data) == ("finished", {"ran": True})
         own_db.session.remove()
         own_db.engine.dispose()
+
+
+def test_a_database_geneva_does_not_run_on_is_refused_at_init_app():
+    """MySQL here (a stand-in DBAPI module: no server is needed to be refused)."""
+    from types import SimpleNamespace
+
+    app = Flask("geneva_setup_tests")
+    app.config["SQLALCHEMY_DATABASE_URI"] = "mysql+pymysql://someone:secret@db.example/shop"
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "module": SimpleNamespace(paramstyle="pyformat", __name__="pymysql")
+    }
+    db.init_app(app)
+    with pytest.raises(ValueError) as raised:
+        geneva.init_app(app)
+    message = str(raised.value)
+    assert "runs on PostgreSQL or SQLite" in message
+    assert "is mysql" in message and "db.example/shop" in message
+    assert "secret" not in message
+    assert "geneva" not in app.extensions
