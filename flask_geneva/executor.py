@@ -490,6 +490,10 @@ def _run_and_finalize(
         session.flush()
         if error is None and signal is None:
             finished = _finalize_completed(session, claim, inline_next, message_id)
+            # Its statements bypass the objects: let them read the rows again (they
+            # would anyway at the commit, unless the session keeps objects after it).
+            session.expire(workflow)
+            session.expire(execution)
         else:
             finished = _finalize_with_objects(
                 session, claim, signal, error, policy, handler_signal, inline_next

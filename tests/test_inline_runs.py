@@ -595,3 +595,22 @@ def test_a_listener_failing_after_the_commit_gives_the_claimed_step_back(
     db.session.expire_all()
     assert workflow.state == "finished"
     assert [step for step, *_ in SEEN] == ["first", "second", "third"]
+
+
+def test_objects_kept_after_commit_show_the_finalized_rows(app: Flask, user: Any) -> None:
+    """A session that does not expire its objects at commit (``expire_on_commit=False``)
+    still shows the workflow and the execution as the finalize's statements left them."""
+    workflow = CarryOn.create(hero=user)
+    db.session.commit()
+    session = db.session()
+    session.expire_on_commit = False
+    try:
+        first = workflow.current_execution
+        result = execute_step(geneva, first.id)
+        assert result is not None and result.outcome == "completed"
+        assert (first.state, first.outcome) == ("completed", "success")
+        assert workflow.state == "ready"
+        assert workflow.previous_step_name == "first"
+        assert workflow.next_step_name == "second"
+    finally:
+        session.expire_on_commit = True
