@@ -67,7 +67,7 @@ class Geneva:
             )
         if "sqlalchemy" not in app.extensions:
             raise RuntimeError("call db.init_app(app) before geneva.init_app(app)")
-        _check_database(app, self.db)
+        _check_database(app)
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         config = GenevaConfig.from_mapping(app.config)
@@ -156,17 +156,25 @@ class Geneva:
 
 
 #: The databases geneva's statements are written and tested for.
-SUPPORTED_DATABASES: Final = ("postgresql", "sqlite")
+_SUPPORTED_DATABASES: Final = ("postgresql", "sqlite")
 
 
-def _check_database(app: Flask, db: Any) -> None:
-    """Refuse a database geneva does not run on, before anything is registered."""
-    with app.app_context():
-        engine = db.engine
-    if engine.dialect.name not in SUPPORTED_DATABASES:
+def _check_database(app: Flask) -> None:
+    """Refuse a database geneva does not run on, before anything is registered (read
+    from the configuration: no engine is used, no app context pushed)."""
+    options = app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
+    url = options.get("url") or app.config.get("SQLALCHEMY_DATABASE_URI")
+    if url is None:
         raise ValueError(
-            f"flask_geneva runs on PostgreSQL or SQLite; the app's database "
-            f"({engine.url.render_as_string(hide_password=True)}) is {engine.dialect.name}"
+            "flask_geneva keeps its tables in the app's default database: set "
+            "SQLALCHEMY_DATABASE_URI (binds alone are not enough)"
+        )
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() not in _SUPPORTED_DATABASES:
+        raise ValueError(
+            f"flask_geneva runs on PostgreSQL or SQLite; SQLALCHEMY_DATABASE_URI "
+            f"({parsed.render_as_string(hide_password=True)}) is "
+            f"{parsed.get_backend_name()}: point it at a PostgreSQL or SQLite database"
         )
 
 

@@ -36,10 +36,12 @@ _TIMESTAMP = sa.DateTime(timezone=True)
 
 @dataclass(frozen=True)
 class LockedStates:
-    """What the finalize lock reads: the execution's state and the workflow's count."""
+    """What the finalize lock reads: the execution's state, the workflow's count, and
+    whose execution it is."""
 
     execution_state: str
     execution_count: int
+    workflow_id: Any
 
 
 class HotPath:
@@ -78,7 +80,7 @@ class HotPath:
             .execution_options(populate_existing=True)
         )
         self._lock_states = (
-            sa.select(executions.c.state, workflows.c.execution_count)
+            sa.select(executions.c.state, workflows.c.execution_count, workflows.c.id)
             .select_from(workflows.join(executions, executions.c.workflow_id == workflows.c.id))
             .where(executions.c.id == execution_id)
             .with_for_update()
@@ -308,7 +310,7 @@ class HotPath:
         row = connection.execute(self._lock_states, params).one_or_none()
         if row is None:
             return None
-        return LockedStates(str(row[0]), int(row[1] or 0))
+        return LockedStates(str(row[0]), int(row[1] or 0), row[2])
 
     def lock_objects_for(self, session: Session, execution_id: Any) -> tuple[Any, Any] | None:
         """The locked ``(workflow, execution)`` as ORM objects, loaded fresh."""
@@ -459,10 +461,13 @@ class HotPath:
     ) -> bool:
         """Undo the claim of an execution whose body never started: ``scheduled`` again
         (due now), with an outbox row, the workflow ``ready``. False, having written
-        nothing, when it is no longer in progress."""
+        nothing, when it is no longer in progress, or is not ``workflow_id``'s (the
+        claim's commit failed and SQLite gave its id to another workflow's execution)."""
         connection = session.connection()
         locked = self.lock_states(session, execution_id)
         if locked is None or locked.execution_state != StepState.IN_PROGRESS:
+            return False
+        if locked.workflow_id != workflow_id:
             return False
         params = self._scheduling_params(
             workflow_id, "", now, now, queue_name, priority, time_limit_ms

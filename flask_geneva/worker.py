@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware.time_limit import TimeLimit
+from dramatiq.middleware import TimeLimit
 from flask import Flask
 
 from flask_geneva.config import GenevaConfig
@@ -270,6 +270,9 @@ class GenevaState:
             return
         for middleware in self.broker.middleware:
             if isinstance(middleware, TimeLimit):
+                # Its own hooks: ending the message's timer first, then starting one
+                # (gevent's timers would otherwise all stay armed).
+                middleware.after_process_message(self.broker, message)
                 middleware.before_process_message(self.broker, message)
 
     def warm_up(self) -> None:

@@ -108,30 +108,35 @@ def _work_for(seconds: float) -> None:
 
 
 class TimedStepsWorkflow(geneva.Workflow):
-    """Four 0.6 s steps under a 1 s time limit, one after the other in one inline run,
-    then a step that outlasts the limit."""
+    """Five 0.7 s steps under a 2 s time limit, one after the other in one inline run
+    (3.5 s: past the limit and Dramatiq's 1 s check), then a step that outlasts it."""
 
     may_proceed_without_hero = True
-    step_job_options = {"time_limit": 1000}
+    step_job_options = {"time_limit": 2000}
 
     @step
     def one(self) -> None:
-        _work_for(0.6)
+        _work_for(0.7)
         record(self)
 
     @step
     def two(self) -> None:
-        _work_for(0.6)
+        _work_for(0.7)
         record(self)
 
     @step
     def three(self) -> None:
-        _work_for(0.6)
+        _work_for(0.7)
         record(self)
 
     @step
     def four(self) -> None:
-        _work_for(0.6)
+        _work_for(0.7)
+        record(self)
+
+    @step
+    def five(self) -> None:
+        _work_for(0.7)
         record(self)
 
     @step

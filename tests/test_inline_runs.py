@@ -22,6 +22,7 @@ from flask import Flask
 from flask_geneva import signals, step
 from flask_geneva.executor import StepResult, execute_step, run_claimed
 from flask_geneva.housekeeping import run_housekeeping
+from flask_geneva.statements import hot_path
 from flask_geneva.timeutil import utcnow
 from tests.helpers import executions, history, note_texts, outbox_rows
 from tests.models import Note, User, db, geneva
@@ -614,3 +615,32 @@ def test_objects_kept_after_commit_show_the_finalized_rows(app: Flask, user: Any
         assert workflow.next_step_name == "second"
     finally:
         session.expire_on_commit = True
+
+
+def test_a_claim_is_given_back_only_for_its_own_workflow(app: Flask, user: Any) -> None:
+    """Giving back checks whose execution it is: after a commit that failed, SQLite may
+    have given the claimed execution's id to another workflow's execution."""
+    workflow = CarryOn.create(hero=user)
+    db.session.commit()
+    with app.app_context():
+        result = execute_step(geneva, first_execution_id(workflow), inline_next=True)
+    assert result is not None and result.claimed_next is not None
+    claimed_id = result.claimed_next.subject.execution_id
+    other = Conditional.create()
+    db.session.commit()
+    statements = hot_path(geneva)
+    options: dict[str, Any] = {"now": utcnow(), "queue_name": "geneva", "priority": 0}
+    options["time_limit_ms"] = None
+
+    assert not statements.give_back(db.session, claimed_id, other.id, **options)
+    db.session.commit()
+    db.session.expire_all()
+    claimed = db.session.get(geneva.StepExecution, claimed_id)
+    assert claimed.state == "in_progress"
+    assert outbox_rows(workflow) == []
+
+    assert statements.give_back(db.session, claimed_id, workflow.id, **options)
+    db.session.commit()
+    db.session.expire_all()
+    assert db.session.get(geneva.StepExecution, claimed_id).state == "scheduled"
+    assert [row.execution_id for row in outbox_rows(workflow)] == [claimed_id]

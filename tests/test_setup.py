@@ -165,11 +165,22 @@ def test_a_database_geneva_does_not_run_on_is_refused_at_init_app():
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
         "module": SimpleNamespace(paramstyle="pyformat", __name__="pymysql")
     }
-    db.init_app(app)
+    own_db = SQLAlchemy()
+    own_db.init_app(app)
     with pytest.raises(ValueError) as raised:
-        geneva.init_app(app)
+        Geneva(db=own_db).init_app(app)
     message = str(raised.value)
     assert "runs on PostgreSQL or SQLite" in message
     assert "is mysql" in message and "db.example/shop" in message
     assert "secret" not in message
+    assert "geneva" not in app.extensions
+
+
+def test_an_app_with_binds_only_is_told_to_set_its_default_database():
+    own_db = SQLAlchemy()  # binds change a SQLAlchemy's metadata: not the shared one
+    app = Flask("geneva_setup_tests")
+    app.config["SQLALCHEMY_BINDS"] = {"reports": "sqlite://"}
+    own_db.init_app(app)
+    with pytest.raises(ValueError, match="set SQLALCHEMY_DATABASE_URI"):
+        Geneva(db=own_db).init_app(app)
     assert "geneva" not in app.extensions
