@@ -9,7 +9,8 @@ fast path, :mod:`flask_geneva.scheduling`). The relay publishes everything else:
   was down): a row due at once and still unclaimed ``GENEVA_RELAY_GRACE_PERIOD`` after
   it was written is published again;
 * rows it published itself that were never claimed (a lost message) are published again
-  every ``GENEVA_RELAY_REPUBLISH_AFTER``.
+  ``GENEVA_RELAY_REPUBLISH_AFTER`` later, then after twice as long each time (up to 16
+  times as long): a message that only waits behind a long queue gets few copies.
 
 It wakes when the earliest wait ends, when this process commits a row for later, and on
 PostgreSQL when any process does (``LISTEN geneva_outbox``; the scheduling transaction
@@ -52,6 +53,9 @@ BACKOFF_MAX_S: Final = 30.0
 #: busy worker process the relay's thread waits for the GIL too (in the benchmark's burst
 #: of 50 timers, 25 ms left the steps 25-30 ms late at the median, 75 ms about 20).
 LEAD_MARGIN_MS: Final = 75
+#: A row published again and again waits at most this many times
+#: ``GENEVA_RELAY_REPUBLISH_AFTER`` before the next time.
+REPUBLISH_BACKOFF_MAX: Final = 16
 #: How often orphaned rows (their execution no longer scheduled) are swept, in seconds.
 SWEEP_INTERVAL_S: Final = 60.0
 
@@ -200,8 +204,9 @@ class Relay:
                         outbox.c.published_at.is_(None),
                         outbox.c.created_at <= now - self.grace_period,
                     ),
-                    # Published by a relay and never claimed: a lost message.
-                    outbox.c.published_at <= now - self.republish_after,
+                    # Published by a relay and never claimed: a lost message, or one
+                    # still waiting behind a long queue.
+                    self._republish_due(outbox, now),
                 ),
             ),
         )
@@ -246,6 +251,21 @@ class Relay:
         if claimed:
             logger.debug("published %d step message(s)", len(claimed))
         return len(claimed)
+
+    def _republish_due(self, outbox: sa.Table, now: datetime) -> Any:
+        """Rows the relay published that look lost. Each time again they wait twice as
+        long: ``republish_after``, then twice, four times ... up to
+        ``REPUBLISH_BACKOFF_MAX`` times that, so that a queue that is only slow is not
+        filled with copies of what it holds. ``publish_count`` counts the relay's sends."""
+        count, published = outbox.c.publish_count, outbox.c.published_at
+        conditions = []
+        factor, level = 1, 1
+        while factor < REPUBLISH_BACKOFF_MAX:
+            at_level = count <= level if level == 1 else count == level
+            conditions.append(sa.and_(at_level, published <= now - self.republish_after * factor))
+            factor, level = factor * 2, level + 1
+        conditions.append(sa.and_(count >= level, published <= now - self.republish_after * factor))
+        return sa.or_(*conditions)
 
     def next_due(self) -> datetime | None:
         """When the earliest later step waiting for the relay is due (needs an app context).

@@ -104,6 +104,30 @@ def test_a_later_step_is_published_by_the_relay_when_due(app: Flask) -> None:
     assert [row.publish_count for row in outbox_rows()] == [2]
 
 
+def test_a_message_that_stays_unclaimed_is_sent_again_less_and_less_often(app: Flask) -> None:
+    """A message not claimed is sent again after GENEVA_RELAY_REPUBLISH_AFTER, then after
+    twice as long each time, up to sixteen times as long: a long queue is not flooded
+    with copies of the messages it still holds."""
+    relay = app.extensions["geneva"].relay
+    after = relay.republish_after
+    workflow = Quick.create()
+    db.session.commit()
+    execute_step(geneva, workflow.current_execution.id)
+    db.session.refresh(workflow)
+    later = workflow.current_execution
+    sent_at = later.scheduled_for
+    assert relay.publish_due(sent_at) == 1  # the first time, when due
+    sends = []
+    for factor in (1, 2, 4, 8, 16, 16, 16):
+        too_soon = sent_at + after * factor - timedelta(seconds=1)
+        assert relay.publish_due(too_soon) == 0, factor
+        sent_at = sent_at + after * factor
+        assert relay.publish_due(sent_at) == 1, factor
+        sends.append(outbox_rows()[0].publish_count)
+    assert sends == [2, 3, 4, 5, 6, 7, 8]
+    assert published(app).count(later.id) == 8
+
+
 def test_the_relay_covers_a_fast_path_that_failed(
     app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
