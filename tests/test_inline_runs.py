@@ -152,6 +152,29 @@ def first_execution_id(workflow: Any) -> Any:
     return workflow.current_execution.id
 
 
+def first_step_run_inline(app: Flask, user: Any) -> tuple[Any, Any]:
+    """A CarryOn workflow whose first step ran and claimed the second: the workflow, and
+    the claimed step (not run)."""
+    workflow = CarryOn.create(hero=user)
+    db.session.commit()
+    with app.app_context():
+        result = execute_step(geneva, first_execution_id(workflow), inline_next=True)
+    assert result is not None and result.claimed_next is not None
+    return workflow, result.claimed_next
+
+
+def assert_given_back(app: Flask, workflow: Any) -> Any:
+    """The claimed second step was given back: scheduled again, its body not started,
+    the workflow ready, an outbox row and a message for it. Returns the execution."""
+    db.session.expire_all()
+    second = workflow.current_execution
+    assert (second.step_name, second.state, second.started_at) == ("second", "scheduled", None)
+    assert workflow.state == "ready"
+    assert [row.execution_id for row in outbox_rows(workflow)] == [second.id]
+    assert published(app)[-1] == second.id
+    return second
+
+
 def published(app: Flask) -> list[Any]:
     state = app.extensions["geneva"]
     queue = state.broker.queues[state.config.default_queue]
@@ -384,12 +407,8 @@ def test_a_claimed_step_sees_what_others_wrote_to_the_workflow_meanwhile(app: Fl
 def test_a_claim_that_cannot_be_set_up_is_given_back(app: Flask, user: Any) -> None:
     """Anything failing before the body starts (here a load listener of the app) hands
     the execution back: scheduled again, with its outbox row and message."""
-    workflow = CarryOn.create(hero=user)
-    db.session.commit()
-    with app.app_context():
-        result = execute_step(geneva, first_execution_id(workflow), inline_next=True)
-    assert result is not None and result.claimed_next is not None
-    claimed_id = result.claimed_next.subject.execution_id
+    workflow, claimed = first_step_run_inline(app, user)
+    claimed_id = claimed.subject.execution_id
 
     def refuse(target: Any, context: Any) -> None:
         raise RuntimeError("a load listener that fails")
@@ -397,7 +416,7 @@ def test_a_claim_that_cannot_be_set_up_is_given_back(app: Flask, user: Any) -> N
     sa.event.listen(CarryOn, "load", refuse)
     try:
         with app.app_context():
-            assert run_claimed(geneva, result.claimed_next) is None
+            assert run_claimed(geneva, claimed) is None
     finally:
         sa.event.remove(CarryOn, "load", refuse)
 
@@ -480,12 +499,7 @@ def test_a_claimed_step_interrupted_before_it_runs_is_given_back(app: Flask, use
     finally:
         signals.step_finalized.disconnect(interrupt)
 
-    db.session.expire_all()
-    second = workflow.current_execution
-    assert (second.step_name, second.state, second.started_at) == ("second", "scheduled", None)
-    assert workflow.state == "ready"
-    assert [row.execution_id for row in outbox_rows(workflow)] == [second.id]
-    assert published(app)[-1] == second.id
+    assert_given_back(app, workflow)
     assert history(workflow)[0] == ("first", "completed", "success")
 
 
@@ -551,12 +565,7 @@ def test_a_worker_interrupted_between_two_steps_gives_the_claimed_one_back(
     finally:
         app.teardown_appcontext_funcs.remove(interrupt_once)
 
-    db.session.expire_all()
-    second = workflow.current_execution
-    assert (second.step_name, second.state, second.started_at) == ("second", "scheduled", None)
-    assert workflow.state == "ready"
-    assert [row.execution_id for row in outbox_rows(workflow)] == [second.id]
-    assert published(app)[-1] == second.id
+    assert_given_back(app, workflow)
     assert [step for step, *_ in SEEN] == ["first"]
 
 
@@ -584,12 +593,7 @@ def test_a_listener_failing_after_the_commit_gives_the_claimed_step_back(
     finally:
         sa.event.remove(sa.orm.Session, "after_commit", fail_once)
 
-    db.session.expire_all()
-    second = workflow.current_execution
-    assert (second.step_name, second.state, second.started_at) == ("second", "scheduled", None)
-    assert workflow.state == "ready"
-    assert [row.execution_id for row in outbox_rows(workflow)] == [second.id]
-    assert published(app)[-1] == second.id
+    second = assert_given_back(app, workflow)
     assert history(workflow)[0] == ("first", "completed", "success")
 
     run_like_a_worker(app, second.id)
@@ -620,12 +624,8 @@ def test_objects_kept_after_commit_show_the_finalized_rows(app: Flask, user: Any
 def test_a_claim_is_given_back_only_for_its_own_workflow(app: Flask, user: Any) -> None:
     """Giving back checks whose execution it is: after a commit that failed, SQLite may
     have given the claimed execution's id to another workflow's execution."""
-    workflow = CarryOn.create(hero=user)
-    db.session.commit()
-    with app.app_context():
-        result = execute_step(geneva, first_execution_id(workflow), inline_next=True)
-    assert result is not None and result.claimed_next is not None
-    claimed_id = result.claimed_next.subject.execution_id
+    workflow, claimed = first_step_run_inline(app, user)
+    claimed_id = claimed.subject.execution_id
     other = Conditional.create()
     db.session.commit()
     statements = hot_path(geneva)
