@@ -40,11 +40,8 @@ INLINE_STEPS_MAX_SECONDS: Final = 5.0
 #: How long idle embedded worker threads wait for a message before looking again (ms).
 EMBEDDED_WORKER_TIMEOUT_MS: Final = 100
 
-#: The Dramatiq message being processed by this thread (its id is recorded on the claim).
-current_message_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "geneva_current_message_id", default=None
-)
-#: The message itself (an inline run restarts its time limit for each step).
+#: The Dramatiq message being processed by this thread (its id is recorded on the claim;
+#: an inline run restarts its time limit for each step).
 current_message: contextvars.ContextVar[dramatiq.MessageProxy | None] = contextvars.ContextVar(
     "geneva_current_message", default=None
 )
@@ -125,7 +122,6 @@ class GenevaMiddleware(dramatiq.Middleware):
     def before_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
     ) -> None:
-        current_message_id.set(message.message_id)
         current_message.set(message)
 
     def after_process_message(
@@ -136,7 +132,6 @@ class GenevaMiddleware(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        current_message_id.set(None)
         current_message.set(None)
 
 
@@ -218,7 +213,8 @@ class GenevaState:
         """
         from flask_geneva.executor import execute_step, give_back, run_claimed
 
-        message_id = current_message_id.get()
+        message = current_message.get()
+        message_id = message.message_id if message is not None else None
         budget = self.config.inline_steps
         deadline = time.monotonic() + INLINE_STEPS_MAX_SECONDS
         claimed: Any = None  # claimed for this thread, not yet handed to run_claimed
@@ -234,7 +230,9 @@ class GenevaState:
                 claimed = result.claimed_next if result is not None else None
             while result is not None and budget > 0:
                 budget -= 1
-                self._restart_time_limit()
+                if claimed is None and result.continue_with is None:
+                    return
+                self._restart_time_limit(message)
                 with self.app.app_context():
                     if claimed is not None:
                         taken, claimed = claimed, None  # run_claimed answers for it now
@@ -244,7 +242,7 @@ class GenevaState:
                             inline_next=budget > 0,
                             inline_deadline=deadline,
                         )
-                    elif result.continue_with is not None:
+                    else:
                         result = execute_step(
                             self.geneva,
                             result.continue_with,
@@ -252,8 +250,6 @@ class GenevaState:
                             inline_next=budget > 0,
                             inline_deadline=deadline,
                         )
-                    else:
-                        return
                     claimed = result.claimed_next if result is not None else None
         except BaseException:
             if claimed is not None:
@@ -261,11 +257,10 @@ class GenevaState:
                     give_back(self.geneva, claimed)
             raise
 
-    def _restart_time_limit(self) -> None:
+    def _restart_time_limit(self, message: dramatiq.MessageProxy | None) -> None:
         """Give the next step of an inline run the whole time limit a step run from its
         own message gets: Dramatiq's ``TimeLimit`` middleware counts from the message's
         start, which would leave a later step only what the earlier ones did not use."""
-        message = current_message.get()
         if message is None:
             return
         for middleware in self.broker.middleware:
