@@ -490,10 +490,11 @@ def _run_and_finalize(
         session.flush()
         if error is None and signal is None:
             finished = _finalize_completed(session, claim, inline_next, message_id)
-            # Its statements bypass the objects: let them read the rows again (they
-            # would anyway at the commit, unless the session keeps objects after it).
-            session.expire(workflow)
-            session.expire(execution)
+            # Its statements bypass the objects: a session that keeps its objects
+            # after commit must read the rows again (the commit expires them otherwise).
+            if not session.expire_on_commit:
+                session.expire(workflow)
+                session.expire(execution)
         else:
             finished = _finalize_with_objects(
                 session, claim, signal, error, policy, handler_signal, inline_next
