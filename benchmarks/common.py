@@ -17,7 +17,8 @@ Workload (identical for every system)
   after its COMMIT returned (``committed``).
 * Loads (see ``LOADS``): ``light`` = 20 workflows started 50 ms apart,
   ``heavy`` = 2,000 workflows started back to back, ``timer`` = 50 workflows
-  started back to back whose step 2 waits 2 s before it runs.
+  started back to back whose step 2 waits 2 s before it runs, ``timer-paced`` = the
+  same 50 timer workflows started 50 ms apart.
 
 Timing records (the "step log")
 -------------------------------
@@ -137,6 +138,9 @@ LOADS: dict[str, Load] = {
     "light": Load("light", n=20, interval_s=0.050, timer_s=0.0, timeout_s=60),
     "heavy": Load("heavy", n=2000, interval_s=0.0, timer_s=0.0, timeout_s=420),
     "timer": Load("timer", n=50, interval_s=0.0, timer_s=2.0, timeout_s=120),
+    # The same timers, their workflows started 50 ms apart (as the light load's): the
+    # waits end one by one instead of in a burst that saturates the cores.
+    "timer-paced": Load("timer-paced", n=50, interval_s=0.050, timer_s=2.0, timeout_s=120),
 }
 
 
@@ -796,7 +800,7 @@ def invoke_runner(
 
 COLUMNS = [
     ("system", 14),
-    ("load", 6),
+    ("load", 11),
     ("rounds", 6),
     ("steps/s", 9),
     ("lat p50", 8),
@@ -887,7 +891,7 @@ def format_breakdown(
     """First-step vs later-step latency (ms) and the time the harness took to create
     all workflows (s), medians over the successful rounds."""
     cols = ["first p50", "first p99", "next p50", "next p99", "create s"]
-    head = f"{'system':<14}  {'load':<6}  " + "  ".join(f"{c:>9}" for c in cols)
+    head = f"{'system':<14}  {'load':<11}  " + "  ".join(f"{c:>9}" for c in cols)
     lines = [head, "-" * len(head)]
     for ld in loads:
         for s in systems:
@@ -903,5 +907,5 @@ def format_breakdown(
                 cells.append(f"{_fmt(median(vals)):>9}")
             spans = [r["starts_span_s"] for r in ok if r.get("starts_span_s") is not None]
             cells.append(f"{_fmt(median(spans), 2):>9}")
-            lines.append(f"{s:<14}  {ld:<6}  " + "  ".join(cells))
+            lines.append(f"{s:<14}  {ld:<11}  " + "  ".join(cells))
     return "\n".join(lines)

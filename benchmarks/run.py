@@ -1,6 +1,6 @@
 """Benchmark driver: run every system on every load, N rounds, print the table.
 
-    .venv-bench/bin/python benchmarks/run.py [--rounds N] [--loads light,heavy,timer]
+    .venv-bench/bin/python benchmarks/run.py [--rounds N] [--loads light,heavy,timer,timer-paced]
         [--systems floor,dbos] [--profile tuned|stock] [--set KEY=VALUE ...]
         [--output FILE] [--json FILE]
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--loads", default="light,heavy,timer")
+    ap.add_argument("--loads", default="light,heavy,timer,timer-paced")
     ap.add_argument("--systems", default=",".join(systems), help=f"known: {', '.join(systems)}")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="tuned")
     ap.add_argument(
@@ -176,7 +176,7 @@ def _run_all(args, systems, chosen, loads, settings) -> int:
             for s in chosen:
                 sysm = systems[s]
                 print(
-                    f"[run] round {rnd}/{args.rounds}  {s:<8} {ld:<6} ...",
+                    f"[run] round {rnd}/{args.rounds}  {s:<8} {ld:<11} ...",
                     end="",
                     file=sys.stderr,
                     flush=True,
@@ -265,7 +265,7 @@ def _run_all(args, systems, chosen, loads, settings) -> int:
                 flag = "*" if r.get("quiet_before") is False else " "
                 state = "ok" if r.get("ok") else "FAILED"
                 report.append(
-                    f"  {s:<8} {ld:<6} r{r.get('round')}  cpu {busy or 0:4.0%}{flag}"
+                    f"  {s:<8} {ld:<11} r{r.get('round')}  cpu {busy or 0:4.0%}{flag}"
                     f" foreign {r.get('foreign_cpu_share') or 0:4.0%} {state:<6}"
                     f" {r.get('throughput') or 0:7.1f} steps/s  lat p50 {_ms(lat.get('p50')):>7}"
                     f" p99 {_ms(lat.get('p99')):>7}  late p50 {_ms(late.get('p50')):>6}"
