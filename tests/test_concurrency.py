@@ -1,5 +1,6 @@
 """Concurrency on PostgreSQL: the same execution delivered to two workers at once runs
-its body once; two requests creating the same workflow at once end with one."""
+its body once; two requests creating the same workflow at once end with one; a worker
+that waits for an operator's lock decides on what the operator committed."""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def _wait_for_a_blocked_backend(deadline: float) -> None:
         if waiting:
             return
         time.sleep(0.01)
-    raise AssertionError("the second creation never waited for the first one's row")
+    raise AssertionError("no connection ever waited for a lock held by the other one")
 
 
 def test_two_requests_creating_the_same_workflow_end_with_one(app, user):
@@ -137,3 +138,42 @@ def test_two_requests_creating_the_same_workflow_end_with_one(app, user):
     db.session.expire_all()
     count = db.session.scalar(sa.select(sa.func.count()).select_from(geneva.Workflow))
     assert count == 1
+
+
+def test_a_pause_committed_while_a_worker_waits_for_the_lock_wins(app):
+    """The worker decides on the rows as they are once it holds the lock, not as they
+    were when its statement started."""
+
+    class PausedMeanwhileWorkflow(geneva.Workflow):
+        may_proceed_without_hero = True
+
+        @step
+        def first(self):
+            db.session.add(Note(text="first ran"))
+
+    wf = PausedMeanwhileWorkflow.create()
+    db.session.commit()
+    workflow_id, execution_id = wf.id, scheduled_execution(wf).id
+    pause_flushed = threading.Event()
+
+    def operator():
+        try:
+            db.session.get(geneva.Workflow, workflow_id).pause()  # locks the workflow row
+            db.session.flush()
+        finally:
+            pause_flushed.set()
+        _wait_for_a_blocked_backend(time.monotonic() + DEADLINE)
+        db.session.commit()
+        return "paused"
+
+    def worker():
+        assert pause_flushed.wait(timeout=DEADLINE)
+        return execute_step(geneva, execution_id)
+
+    paused, ran = _run_in_threads(app, operator, worker)
+    assert paused == "paused"
+    assert ran is None
+    db.session.expire_all()
+    assert db.session.get(geneva.Workflow, workflow_id).state == "paused"
+    assert history(wf) == [("first", "scheduled", None)]
+    assert note_texts() == []
