@@ -100,11 +100,17 @@ class HangingWorkflow(geneva.Workflow):
         record(self)
 
 
-def _work_for(seconds: float) -> None:
-    """Keep the step busy (in short sleeps: a time limit interrupts between them)."""
-    until = time.monotonic() + seconds
-    while time.monotonic() < until:
-        time.sleep(0.01)
+def _timed(seconds: float) -> Any:
+    """A step body that keeps busy for ``seconds`` (in short sleeps: a time limit
+    interrupts between them), then records its run."""
+
+    def body(workflow: Any) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            time.sleep(0.01)
+        record(workflow)
+
+    return body
 
 
 class TimedStepsWorkflow(geneva.Workflow):
@@ -114,35 +120,10 @@ class TimedStepsWorkflow(geneva.Workflow):
     may_proceed_without_hero = True
     step_job_options = {"time_limit": 2000}
 
-    @step
-    def one(self) -> None:
-        _work_for(0.7)
-        record(self)
-
-    @step
-    def two(self) -> None:
-        _work_for(0.7)
-        record(self)
-
-    @step
-    def three(self) -> None:
-        _work_for(0.7)
-        record(self)
-
-    @step
-    def four(self) -> None:
-        _work_for(0.7)
-        record(self)
-
-    @step
-    def five(self) -> None:
-        _work_for(0.7)
-        record(self)
-
-    @step
-    def too_long(self) -> None:
-        _work_for(10)
-        record(self)
+    for _name in ("one", "two", "three", "four", "five"):
+        step(_timed(0.7), name=_name)
+    step(_timed(10), name="too_long")
+    del _name
 
 
 def create_app(
