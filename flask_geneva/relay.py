@@ -5,12 +5,14 @@ fast path, :mod:`flask_geneva.scheduling`). The relay publishes everything else:
 
 * rows whose wait has come (a step scheduled for later is published by the relay, at its
   due time — waits live in the database, never in the broker);
-* rows the fast path missed (the process died between commit and publish, or the broker
-  was down): a row due at once and still unclaimed ``GENEVA_RELAY_GRACE_PERIOD`` after
-  it was written is published again;
-* rows it published itself that were never claimed (a lost message) are published again
+* rows the fast path could not publish (the broker refused them): the committing
+  process marks them unpublished, and the relay publishes them
+  ``GENEVA_RELAY_GRACE_PERIOD`` after they were written;
+* rows published (by the fast path, which marks a row due at once published when it
+  writes it, or by the relay) that nobody claimed are published again
   ``GENEVA_RELAY_REPUBLISH_AFTER`` later, then after twice as long each time (up to 16
-  times as long): a message that only waits behind a long queue gets few copies.
+  times as long): that covers a lost message and a process that died between its commit
+  and its publish, while a message that only waits behind a long queue gets few copies.
 
 It wakes when the earliest wait ends, when this process commits a row for later, and on
 PostgreSQL when any process does (``LISTEN geneva_outbox``; the scheduling transaction
@@ -199,7 +201,8 @@ class Relay:
             sa.and_(
                 outbox.c.available_at <= now,
                 sa.or_(
-                    # Due at once, but the fast path has had its chance.
+                    # Due at once, and the fast path could not publish it (it marked the
+                # row unpublished again; or an earlier version wrote it unmarked).
                     sa.and_(
                         outbox.c.published_at.is_(None),
                         outbox.c.created_at <= now - self.grace_period,
@@ -253,10 +256,10 @@ class Relay:
         return len(claimed)
 
     def _republish_due(self, outbox: sa.Table, now: datetime) -> Any:
-        """Rows the relay published that look lost. Each time again they wait twice as
-        long: ``republish_after``, then twice, four times ... up to
-        ``REPUBLISH_BACKOFF_MAX`` times that, so that a queue that is only slow is not
-        filled with copies of what it holds. ``publish_count`` counts the relay's sends."""
+        """Published rows that look lost. Each time again they wait twice as long:
+        ``republish_after``, then twice, four times ... up to ``REPUBLISH_BACKOFF_MAX``
+        times that, so that a queue that is only slow is not filled with copies of what
+        it holds. ``publish_count`` counts the sends, the fast path's included."""
         count, published = outbox.c.publish_count, outbox.c.published_at
         conditions = []
         factor, level = 1, 1
@@ -271,7 +274,8 @@ class Relay:
         """When the earliest later step waiting for the relay is due (needs an app context).
 
         Rows due at once are the fast path's; the relay looks at them on its regular
-        poll once their grace period has passed.
+        poll, once their grace period has passed (the fast path failed) or once they
+        look lost.
         """
         geneva = self.state.geneva
         outbox = geneva.OutboxMessage.__table__

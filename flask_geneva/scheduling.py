@@ -132,6 +132,7 @@ def enqueue_outbox(
     state = current_app.extensions["geneva"]
     workflow_class = type(workflow) if type(workflow).is_defined() else None
     queue_name, priority, time_limit_ms = state.message_options_for(workflow_class)
+    published_at, publish_count = published_marks(available_at, now)
     session.add(
         geneva.OutboxMessage(
             execution_id=execution.id,
@@ -140,7 +141,8 @@ def enqueue_outbox(
             priority=priority,
             time_limit_ms=time_limit_ms,
             available_at=available_at,
-            publish_count=0,
+            published_at=published_at,
+            publish_count=publish_count,
             created_at=now,
         )
     )
@@ -148,6 +150,22 @@ def enqueue_outbox(
         session, state, execution.id, workflow.id, queue_name, priority, time_limit_ms,
         available_at, now,
     )
+
+
+def published_marks(available_at: datetime, now: datetime) -> tuple[datetime | None, int]:
+    """``published_at`` and ``publish_count`` of a new outbox row.
+
+    A step due at once is the committing process's to publish right after the commit
+    (the fast path), so its row counts as published then, once: the relay sends it
+    again only if nobody claims it for ``GENEVA_RELAY_REPUBLISH_AFTER`` (the process died
+    before publishing, or the message was lost), not merely because it waits behind a
+    long queue. Should the fast path fail, it marks the row unpublished again and the
+    relay publishes it after ``GENEVA_RELAY_GRACE_PERIOD``. A later step is the relay's
+    from the start.
+    """
+    if available_at <= now:
+        return now, 1
+    return None, 0
 
 
 def announce(
@@ -195,8 +213,8 @@ def take_for_inline_run(session: Session, workflow_id: Any) -> Any:
     """Keep the due-at-once message of ``workflow_id`` from being published after commit,
     because the caller is going to run that execution itself; returns its id (or None).
 
-    Its outbox row stays: if the caller dies before claiming it, the relay publishes it
-    after its grace period, as for any message the fast path missed.
+    Its outbox row stays, marked published like any the fast path sends: if the caller
+    dies before claiming it, the relay publishes it after ``GENEVA_RELAY_REPUBLISH_AFTER``.
     """
     pending: list[PendingMessage] = session.info.get(PENDING_PUBLISH_KEY) or []
     for index, message in enumerate(pending):
@@ -216,6 +234,7 @@ def _publish_after_commit(session: Session) -> None:
     if not pending:
         return
     later = False
+    failed: list[PendingMessage] = []
     for message in pending:
         if message.available_at > message.created_at:
             # A later step: the relay publishes it when it is due.
@@ -226,12 +245,46 @@ def _publish_after_commit(session: Session) -> None:
                 message.execution_id, message.queue_name, message.priority, message.time_limit_ms
             )
         except Exception:
-            # The row stays in the outbox: the relay publishes it after its grace period.
             logger.warning(
                 "could not publish step execution %s after commit; the relay will",
                 message.execution_id,
                 exc_info=True,
             )
+            failed.append(message)
+    if failed:
+        _hand_to_relay(session, failed)
     if later:
         for state in {id(m.state): m.state for m in pending}.values():
             state.wake_relay()
+
+
+def _hand_to_relay(session: Session, failed: list[PendingMessage]) -> None:
+    """Mark the rows of messages the fast path could not publish as never published, so
+    that the relay publishes them after ``GENEVA_RELAY_GRACE_PERIOD``; never raises.
+
+    The session has just committed: the update runs on a connection of its own. Should
+    it fail too (the database went away with the broker), the rows keep their mark and
+    the relay publishes them after ``GENEVA_RELAY_REPUBLISH_AFTER``.
+    """
+    by_model: dict[int, tuple[Any, list[Any]]] = {}
+    for message in failed:
+        model = message.state.geneva.OutboxMessage
+        by_model.setdefault(id(model), (model, []))[1].append(message.execution_id)
+    for model, execution_ids in by_model.values():
+        outbox = model.__table__
+        bind = session.get_bind(model)
+        engine = bind if isinstance(bind, sa.Engine) else bind.engine
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.execution_id.in_(execution_ids), outbox.c.publish_count == 1)
+                    .values(published_at=None, publish_count=0)
+                )
+        except Exception:
+            logger.warning(
+                "could not hand step execution(s) %s to the relay; it publishes them "
+                "after GENEVA_RELAY_REPUBLISH_AFTER",
+                ", ".join(str(i) for i in execution_ids),
+                exc_info=True,
+            )

@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from flask_geneva.scheduling import published_marks
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
 from flask_geneva.timeutil import utcnow
 
@@ -163,7 +164,10 @@ class HotPath:
             "priority": param("hp_priority", outbox.c.priority.type),
             "time_limit_ms": param("hp_time_limit_ms", outbox.c.time_limit_ms.type),
             "available_at": run_at,
-            "publish_count": sa.literal(0, outbox.c.publish_count.type),
+            # A step due at once is the committing process's to publish (the fast path):
+            # its row counts as published from the start (see scheduling.announce).
+            "published_at": param("hp_published_at", _TIMESTAMP),
+            "publish_count": param("hp_publish_count", outbox.c.publish_count.type),
             "created_at": now,
         }
         self._complete = complete
@@ -523,6 +527,7 @@ class HotPath:
             "hp_priority": priority,
             "hp_time_limit_ms": time_limit_ms,
         }
+        params["hp_published_at"], params["hp_publish_count"] = published_marks(run_at, now)
         if self.uuid_keys:
             params["hp_new_id"] = uuid.uuid4()
         return params

@@ -18,6 +18,7 @@ from flask import Flask
 
 from flask_geneva import step
 from flask_geneva.executor import EARLY_WAIT_MAX, execute_step
+from flask_geneva.scheduling import PENDING_PUBLISH_KEY
 from flask_geneva.timeutil import utcnow
 from tests.e2e_support import wait_until
 from tests.models import db, geneva
@@ -142,10 +143,52 @@ def test_the_relay_covers_a_fast_path_that_failed(
     db.session.commit()  # the fast path fails; the commit does not
     assert published(app) == []
     monkeypatch.setattr(state, "publish", real_publish)
-    created = outbox_rows()[0].created_at
+    [row] = outbox_rows()
+    # The committing process marked its row as never published: the relay's to send.
+    assert (row.published_at, row.publish_count) == (None, 0)
     relay = state.relay
     assert relay.publish_due(utcnow()) == 0  # still within the fast path's grace period
-    assert relay.publish_due(created + relay.grace_period + timedelta(seconds=1)) == 1
+    assert relay.publish_due(row.created_at + relay.grace_period + timedelta(seconds=1)) == 1
+    assert published(app) == [workflow.current_execution.id]
+
+
+def test_a_step_published_at_commit_is_not_sent_again_while_it_waits_in_a_long_queue(
+    app: Flask,
+) -> None:
+    """The fast path marks a step due at once as published when it writes its row: a
+    message waiting behind a queue longer than GENEVA_RELAY_GRACE_PERIOD gets no copy
+    before GENEVA_RELAY_REPUBLISH_AFTER (then fewer and fewer, as for any message)."""
+    relay = app.extensions["geneva"].relay
+    workflow = Quick.create()
+    db.session.commit()
+    assert published(app) == [workflow.current_execution.id]
+    [row] = outbox_rows()
+    assert (row.published_at, row.publish_count) == (row.created_at, 1)
+    created = row.created_at
+    assert relay.grace_period < relay.republish_after
+    assert relay.publish_due(created + relay.grace_period + timedelta(seconds=1)) == 0
+    assert relay.publish_due(created + relay.republish_after - timedelta(seconds=1)) == 0
+    assert relay.publish_due(created + relay.republish_after) == 1
+    assert outbox_rows()[0].publish_count == 2
+    again = created + relay.republish_after * 3  # then twice as long
+    assert relay.publish_due(again - timedelta(seconds=1)) == 0
+    assert relay.publish_due(again) == 1
+    assert published(app) == [workflow.current_execution.id] * 3
+
+
+def test_a_step_whose_committing_process_died_before_publishing_it_is_sent_by_the_relay(
+    app: Flask,
+) -> None:
+    """The process dies between its commit and its publish: the row is marked published
+    but its message never left; the relay sends it once it looks lost."""
+    relay = app.extensions["geneva"].relay
+    workflow = Quick.create()
+    db.session.info.pop(PENDING_PUBLISH_KEY)  # what the process would have published
+    db.session.commit()
+    assert published(app) == []
+    created = outbox_rows()[0].created_at
+    assert relay.publish_due(created + relay.republish_after - timedelta(seconds=1)) == 0
+    assert relay.publish_due(created + relay.republish_after) == 1
     assert published(app) == [workflow.current_execution.id]
 
 
@@ -432,6 +475,8 @@ def test_a_step_withheld_for_an_inline_run_is_covered_by_the_relay(app: Flask) -
     assert len(published(app)) == before  # not published: the caller was to run it
     rows = outbox_rows()
     assert [row.execution_id for row in rows] == [result.continue_with]
-    later = rows[0].created_at + state.relay.grace_period + timedelta(seconds=1)
-    assert state.relay.publish_due(later) == 1
+    # Marked published (the caller's to run): sent once it looks lost, not before.
+    lost = rows[0].created_at + state.relay.republish_after
+    assert state.relay.publish_due(lost - timedelta(seconds=1)) == 0
+    assert state.relay.publish_due(lost) == 1
     assert published(app)[-1] == result.continue_with
