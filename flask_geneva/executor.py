@@ -52,12 +52,8 @@ from flask_geneva.loading import attach_as_loaded, covers, mapped_columns, value
 from flask_geneva.logs import logger, workflow_logger
 from flask_geneva.models import json_snapshot
 from flask_geneva.policies import ExceptionPolicy, resolve_policy
-from flask_geneva.scheduling import (
-    announce,
-    is_postgresql,
-    lock_workflow_and_execution,
-    take_for_inline_run,
-)
+from flask_geneva.publishing import take_for_inline_run
+from flask_geneva.scheduling import announce, is_postgresql, lock_workflow_and_execution
 from flask_geneva.statements import hot_path
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
 from flask_geneva.timeutil import utcnow

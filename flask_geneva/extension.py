@@ -11,6 +11,7 @@ from flask import Flask
 
 from flask_geneva.config import DEFAULTS, GenevaConfig
 from flask_geneva.models import build_models
+from flask_geneva.publishing import listen_to_sessions_of
 
 if TYPE_CHECKING:
     from flask_geneva.worker import GenevaState
@@ -54,6 +55,11 @@ class Geneva:
         self.Workflow, self.StepExecution, self.OutboxMessage = build_models(
             self, db, uuid_primary_keys
         )
+        factory = getattr(getattr(db, "session", None), "session_factory", None)
+        session_class = getattr(factory, "class_", None)
+        if isinstance(session_class, type):
+            # db.session's sessions publish their step messages after commit.
+            listen_to_sessions_of(session_class)
         if app is not None:
             self.init_app(app)
 

@@ -201,13 +201,14 @@ class Relay:
             sa.and_(
                 outbox.c.available_at <= now,
                 sa.or_(
-                    # Due at once, and the fast path could not publish it (it marked the
-                # row unpublished again; or an earlier version wrote it unmarked).
+                    # Due at once, and the fast path could not publish it (it marked
+                    # the row unpublished again; or an earlier version wrote it so).
                     sa.and_(
                         outbox.c.published_at.is_(None),
                         outbox.c.created_at <= now - self.grace_period,
                     ),
-                    # Published by a relay and never claimed: a lost message, or one
+                    # Published (by the fast path or a relay) and never claimed: a
+                    # lost message, a process that died before its publish, or one
                     # still waiting behind a long queue.
                     self._republish_due(outbox, now),
                 ),

@@ -1,46 +1,29 @@
 """Scheduling a step: an execution row plus an outbox row, in the caller's transaction.
 
 After the transaction commits, the committing process publishes the rows that are due at
-once (the fast path); the relay publishes the rest when their time comes, and anything the
-fast path missed. Locking helpers live here too: the lock order is always the workflow
-row, then the step-execution row.
+once (the fast path, :mod:`flask_geneva.publishing`); the relay publishes the rest when
+their time comes, and anything the fast path missed. Locking helpers live here too: the
+lock order is always the workflow row, then the step-execution row.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from flask_geneva.publishing import PendingMessage, remember_for_commit
 from flask_geneva.states import StepState
 from flask_geneva.timeutil import utcnow
 
 logger = logging.getLogger("flask_geneva")
 
-#: ``session.info`` key of the messages to publish after the session commits.
-PENDING_PUBLISH_KEY: Final = "geneva_pending_publish"
 #: The PostgreSQL NOTIFY channel that wakes relays when a later step is scheduled.
 NOTIFY_CHANNEL: Final = "geneva_outbox"
-
-
-@dataclass(frozen=True)
-class PendingMessage:
-    """A message to publish once the scheduling transaction has committed."""
-
-    state: Any  # GenevaState
-    execution_id: Any
-    queue_name: str
-    priority: int
-    time_limit_ms: int | None
-    available_at: datetime
-    created_at: datetime
-    workflow_id: Any = None
 
 
 def is_sqlite(session: Session) -> bool:
@@ -184,7 +167,7 @@ def announce(
     pending = PendingMessage(
         state, execution_id, queue_name, priority, time_limit_ms, available_at, now, workflow_id
     )
-    _remember_for_commit(session, pending)
+    remember_for_commit(session, pending)
     if available_at > now and is_postgresql(session):
         # Delivered at commit, and only then: relays listening wake for the new due time.
         session.execute(
@@ -196,95 +179,3 @@ def drop_outbox(session: Session, outbox_model: Any, execution_id: Any) -> None:
     """Delete the outbox rows of an execution that is no longer waiting to be published."""
     table = outbox_model.__table__  # a plain DELETE: no ORM bulk-delete bookkeeping
     session.execute(sa.delete(table).where(table.c.execution_id == execution_id))
-
-
-def _remember_for_commit(session: Session, pending: PendingMessage) -> None:
-    info = session.info
-    if PENDING_PUBLISH_KEY not in info:
-        info[PENDING_PUBLISH_KEY] = []
-    if not info.get("geneva_listening"):
-        event.listen(session, "after_commit", _publish_after_commit)
-        event.listen(session, "after_rollback", _forget_after_rollback)
-        info["geneva_listening"] = True
-    info[PENDING_PUBLISH_KEY].append(pending)
-
-
-def take_for_inline_run(session: Session, workflow_id: Any) -> Any:
-    """Keep the due-at-once message of ``workflow_id`` from being published after commit,
-    because the caller is going to run that execution itself; returns its id (or None).
-
-    Its outbox row stays, marked published like any the fast path sends: if the caller
-    dies before claiming it, the relay publishes it after ``GENEVA_RELAY_REPUBLISH_AFTER``.
-    """
-    pending: list[PendingMessage] = session.info.get(PENDING_PUBLISH_KEY) or []
-    for index, message in enumerate(pending):
-        if message.workflow_id == workflow_id and message.available_at <= message.created_at:
-            del pending[index]
-            return message.execution_id
-    return None
-
-
-def _forget_after_rollback(session: Session) -> None:
-    session.info.pop(PENDING_PUBLISH_KEY, None)
-
-
-def _publish_after_commit(session: Session) -> None:
-    """The fast path: publish due messages right after commit; never raises."""
-    pending: list[PendingMessage] = session.info.pop(PENDING_PUBLISH_KEY, None) or []
-    if not pending:
-        return
-    later = False
-    failed: list[PendingMessage] = []
-    for message in pending:
-        if message.available_at > message.created_at:
-            # A later step: the relay publishes it when it is due.
-            later = True
-            continue
-        try:
-            message.state.publish(
-                message.execution_id, message.queue_name, message.priority, message.time_limit_ms
-            )
-        except Exception:
-            logger.warning(
-                "could not publish step execution %s after commit; the relay will",
-                message.execution_id,
-                exc_info=True,
-            )
-            failed.append(message)
-    if failed:
-        _hand_to_relay(session, failed)
-    if later:
-        for state in {id(m.state): m.state for m in pending}.values():
-            state.wake_relay()
-
-
-def _hand_to_relay(session: Session, failed: list[PendingMessage]) -> None:
-    """Mark the rows of messages the fast path could not publish as never published, so
-    that the relay publishes them after ``GENEVA_RELAY_GRACE_PERIOD``; never raises.
-
-    The session has just committed: the update runs on a connection of its own. Should
-    it fail too (the database went away with the broker), the rows keep their mark and
-    the relay publishes them after ``GENEVA_RELAY_REPUBLISH_AFTER``.
-    """
-    by_model: dict[int, tuple[Any, list[Any]]] = {}
-    for message in failed:
-        model = message.state.geneva.OutboxMessage
-        by_model.setdefault(id(model), (model, []))[1].append(message.execution_id)
-    for model, execution_ids in by_model.values():
-        outbox = model.__table__
-        bind = session.get_bind(model)
-        engine = bind if isinstance(bind, sa.Engine) else bind.engine
-        try:
-            with engine.begin() as connection:
-                connection.execute(
-                    sa.update(outbox)
-                    .where(outbox.c.execution_id.in_(execution_ids), outbox.c.publish_count == 1)
-                    .values(published_at=None, publish_count=0)
-                )
-        except Exception:
-            logger.warning(
-                "could not hand step execution(s) %s to the relay; it publishes them "
-                "after GENEVA_RELAY_REPUBLISH_AFTER",
-                ", ".join(str(i) for i in execution_ids),
-                exc_info=True,
-            )

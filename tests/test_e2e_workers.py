@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_geneva.housekeeping import run_housekeeping
+from flask_geneva.publishing import PENDING_PUBLISH_KEY
 from flask_geneva.timeutil import utcnow
 from tests.e2e_app import (
     HangingWorkflow,
@@ -241,7 +242,7 @@ def test_a_worker_killed_in_a_step_is_recovered_by_housekeeping(e2e: E2E) -> Non
     assert finished.data == {"survived": True}
 
 
-def test_a_crash_between_commit_and_publish_is_covered_by_the_relay(
+def test_a_broker_that_refuses_the_messages_after_the_commit_is_covered_by_the_relay(
     e2e: E2E, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = e2e.app.extensions["geneva"]
@@ -253,10 +254,29 @@ def test_a_crash_between_commit_and_publish_is_covered_by_the_relay(
     ids = _create(ThreeStepWorkflow, 5)
     client = _require_redis()
     assert client.hlen(f"dramatiq:{e2e.queue}.msgs") == 0
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(geneva.OutboxMessage)) == 5
+    outbox = geneva.OutboxMessage.__table__
+    marks = db.session.execute(sa.select(outbox.c.published_at, outbox.c.publish_count)).all()
+    assert marks == [(None, 0)] * 5  # handed to the relay
 
     e2e.start_workers()  # their relays publish what the fast path missed
     wait_until(lambda: e2e.all_finished(ids), timeout=60, message="the relay to publish")
+    assert set(e2e.runs().values()) == {1}
+
+
+def test_a_crash_between_commit_and_publish_is_covered_by_the_relay(e2e: E2E) -> None:
+    """The process dies after its commit, before its publish: the rows say published, no
+    message exists; the workers' relays send them once they look lost."""
+    workflows = [ThreeStepWorkflow.create() for _ in range(5)]
+    db.session.info.pop(PENDING_PUBLISH_KEY)  # what the process would have published
+    db.session.commit()
+    ids = [wf.id for wf in workflows]
+    client = _require_redis()
+    assert client.hlen(f"dramatiq:{e2e.queue}.msgs") == 0
+    outbox = geneva.OutboxMessage.__table__
+    assert db.session.scalar(sa.select(sa.func.count()).where(outbox.c.publish_count == 1)) == 5
+
+    e2e.start_workers()
+    wait_until(lambda: e2e.all_finished(ids), timeout=60, message="the relay to republish")
     assert set(e2e.runs().values()) == {1}
 
 

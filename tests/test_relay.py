@@ -15,13 +15,14 @@ import dramatiq
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from sqlalchemy.orm import Session
 
 from flask_geneva import step
 from flask_geneva.executor import EARLY_WAIT_MAX, execute_step
-from flask_geneva.scheduling import PENDING_PUBLISH_KEY
+from flask_geneva.publishing import PENDING_PUBLISH_KEY
 from flask_geneva.timeutil import utcnow
 from tests.e2e_support import wait_until
-from tests.models import db, geneva
+from tests.models import Note, db, geneva
 
 #: Runs a test on PostgreSQL only (LISTEN/NOTIFY and server-side connection kills).
 postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -152,6 +153,75 @@ def test_the_relay_covers_a_fast_path_that_failed(
     assert published(app) == [workflow.current_execution.id]
 
 
+@pytest.mark.parametrize(
+    "app_config",
+    [{"SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": 1, "max_overflow": 0, "pool_timeout": 3}}],
+)
+def test_a_refused_message_is_handed_to_the_relay_after_the_session_lets_go_of_its_connection(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one pooled connection, the hand-over cannot wait for a second one: it runs
+    once the session has given its connection back (else it would time out, log, and
+    leave the row to GENEVA_RELAY_REPUBLISH_AFTER)."""
+    state = app.extensions["geneva"]
+
+    def broker_down(*args: Any, **kwargs: Any) -> str:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(state, "publish", broker_down)
+    Quick.create()
+    db.session.commit()
+    [row] = outbox_rows()
+    assert (row.published_at, row.publish_count) == (None, 0)
+
+
+def test_a_step_scheduled_in_a_savepoint_waits_for_the_transaction_around_it(
+    app: Flask,
+) -> None:
+    """SQLAlchemy reports a released savepoint as a commit; nothing is published before
+    the transaction around it commits (a worker would not find the rows yet)."""
+    outer = Quick.create().current_execution.id
+    savepoint = db.session.begin_nested()
+    inner = Quick.create().current_execution.id
+    savepoint.commit()
+    assert published(app) == []
+    db.session.commit()
+    assert sorted(published(app)) == sorted([outer, inner])
+
+
+def test_a_savepoint_rolled_back_forgets_only_its_own_steps(app: Flask) -> None:
+    kept = Quick.create().current_execution.id
+    savepoint = db.session.begin_nested()
+    Quick.create()
+    savepoint.rollback()
+    db.session.commit()
+    assert published(app) == [kept]
+    assert [row.execution_id for row in outbox_rows()] == [kept]
+
+
+def test_a_flush_that_fails_in_a_savepoint_forgets_only_the_savepoint_s_steps(
+    app: Flask,
+) -> None:
+    kept = Quick.create().current_execution.id
+    db.session.add(Note(id=1, text="first"))
+    db.session.flush()
+    with pytest.raises(sa.exc.IntegrityError), db.session.begin_nested():
+        Quick.create()
+        db.session.add(Note(id=1, text="the same key again"))
+        db.session.flush()
+    db.session.commit()
+    assert published(app) == [kept]
+    assert [row.execution_id for row in outbox_rows()] == [kept]
+
+
+def test_a_session_closed_without_a_commit_publishes_nothing_later(app: Flask) -> None:
+    Quick.create()
+    db.session.close()
+    kept = Quick.create().current_execution.id
+    db.session.commit()
+    assert published(app) == [kept]
+
+
 def test_a_step_published_at_commit_is_not_sent_again_while_it_waits_in_a_long_queue(
     app: Flask,
 ) -> None:
@@ -222,8 +292,28 @@ def test_pause_withdraws_the_message_and_resume_publishes_it_again(app: Flask) -
     assert outbox_rows() == []
     workflow.resume()
     db.session.commit()
-    assert [row.execution_id for row in outbox_rows()] == [workflow.current_execution.id]
+    [row] = outbox_rows()
+    assert row.execution_id == workflow.current_execution.id
+    # Written through the ORM (not the prebuilt statements): marked published all the same.
+    assert (row.published_at, row.publish_count) == (row.created_at, 1)
     assert published(app)[-1] == workflow.current_execution.id
+
+
+def test_a_step_scheduled_in_a_plain_session_is_published_after_that_session_commits(
+    app: Flask,
+) -> None:
+    """Not db.session: a session of another class gets the publishing listeners too."""
+    workflow = Quick.create()
+    db.session.commit()
+    workflow.pause()
+    db.session.commit()
+    before = len(published(app))
+    with Session(db.engine) as operator:
+        operator.get(geneva.Workflow, workflow.id).resume()
+        assert len(published(app)) == before  # not before the commit
+        operator.commit()
+    db.session.expire_all()
+    assert published(app)[before:] == [workflow.current_execution.id]
 
 
 def test_a_later_step_is_published_its_lead_time_ahead_and_no_sooner(app: Flask) -> None:
