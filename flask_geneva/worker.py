@@ -18,10 +18,10 @@ import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 import dramatiq
-from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import TimeLimit
 from flask import Flask
 
+from flask_geneva.brokers import make_broker
 from flask_geneva.config import GenevaConfig
 
 if TYPE_CHECKING:
@@ -45,28 +45,6 @@ EMBEDDED_WORKER_TIMEOUT_MS: Final = 100
 current_message: contextvars.ContextVar[dramatiq.MessageProxy | None] = contextvars.ContextVar(
     "geneva_current_message", default=None
 )
-
-
-def make_broker(url: str) -> dramatiq.Broker:
-    """Build the Dramatiq broker named by ``GENEVA_BROKER_URL``."""
-    if url.startswith("memory://"):
-        return StubBroker()
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from dramatiq.brokers.redis import RedisBroker
-
-        return RedisBroker(url=url)
-    if url.startswith(("amqp://", "amqps://")):
-        try:
-            from dramatiq.brokers.rabbitmq import RabbitmqBroker
-        except ImportError as error:  # pragma: no cover - depends on the install
-            raise RuntimeError(
-                "GENEVA_BROKER_URL is amqp:// but pika is not installed: "
-                "pip install 'flask-geneva[rabbitmq]'"
-            ) from error
-        return RabbitmqBroker(url=url)
-    raise ValueError(
-        f"GENEVA_BROKER_URL must start with redis://, amqp:// or memory://, got {url!r}"
-    )
 
 
 def _in_reloader_watcher(app: Flask) -> bool:
@@ -105,12 +83,6 @@ class GenevaMiddleware(dramatiq.Middleware):
         # Connections inherited from a parent process must not be shared: drop them.
         self.state.dispose_engines()
 
-    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        # Idle consumers poll the broker with a back-off capped by the worker timeout;
-        # Dramatiq's default (1 s) would delay a lone step by up to a second.
-        if not self.state.embedded_running:
-            worker.worker_timeout = self.state.config.worker_idle_timeout_ms
-
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.state.warm_up()
         if self.state.config.relay_in_workers and not self.state.embedded_running:
@@ -148,7 +120,10 @@ class GenevaState:
         self.geneva = geneva
         self.app = app
         self.config = config
-        self.broker = make_broker(config.broker_url)
+        # Its step-queue consumers poll every GENEVA_WORKER_IDLE_TIMEOUT_MS at most.
+        self.broker = make_broker(
+            config.broker_url, idle_timeout_ms=config.worker_idle_timeout_ms
+        )
         self.broker.add_middleware(GenevaMiddleware(self))
         self._actors_by_priority: dict[int, dramatiq.Actor[Any, Any]] = {}
         self._lock = threading.Lock()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import dramatiq
 import pytest
 import redis
 import sqlalchemy as sa
@@ -278,6 +279,30 @@ def test_a_crash_between_commit_and_publish_is_covered_by_the_relay(e2e: E2E) ->
     e2e.start_workers()
     wait_until(lambda: e2e.all_finished(ids), timeout=60, message="the relay to republish")
     assert set(e2e.runs().values()) == {1}
+
+
+def test_only_the_step_queues_are_polled_at_the_idle_timeout(pg_database_url: str) -> None:
+    """Dramatiq's Redis consumers poll: the step queues' every GENEVA_WORKER_IDLE_TIMEOUT_MS
+    at most, while the delay queue (geneva sends no delayed messages) and the worker
+    threads keep the worker's own timeout, instead of waking a hundred times a second."""
+    _require_redis()
+    app = create_app(pg_database_url, REDIS_URL, f"idle_{uuid.uuid4().hex[:8]}")
+    state = app.extensions["geneva"]
+    queue = state.config.default_queue
+    worker = dramatiq.Worker(state.broker, queues={queue}, worker_threads=1, worker_timeout=900)
+    worker.start()
+    try:
+        consumers = worker.consumers
+        assert set(consumers) == {queue, f"{queue}.DQ"}
+        wait_until(
+            lambda: all(getattr(c, "consumer", None) for c in consumers.values()),
+            message="the consumers to start",
+        )
+        assert consumers[queue].consumer.timeout == state.config.worker_idle_timeout_ms == 20
+        assert consumers[f"{queue}.DQ"].consumer.timeout == 900
+        assert worker.worker_timeout == 900
+    finally:
+        worker.stop()
 
 
 def test_a_rolled_back_creation_publishes_nothing(e2e: E2E) -> None:
