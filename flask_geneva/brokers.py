@@ -2,12 +2,13 @@
 
 Dramatiq's Redis consumers poll (there is no blocking pop in its fetch script): an idle
 consumer sleeps between fetches for up to the worker's timeout, which therefore bounds
-how long a step message can wait for an idle worker. Geneva's Redis broker polls the
-step queues every ``GENEVA_WORKER_IDLE_TIMEOUT_MS`` at most, and leaves everything else
-on the worker's own timeout (Dramatiq's default is a second): the delay queues, which
-geneva never uses (its waits live in the database), and the worker threads' checks for
-a shutdown. Polling those at the step queues' pace would cost an idle worker process
-about a sixth of a core at 10 ms.
+how long a step message can wait for an idle worker. Geneva's Redis broker polls its
+queues (the step queues, and those of any other actor declared on it) every
+``GENEVA_WORKER_IDLE_TIMEOUT_MS`` at most, and leaves everything else on the worker's own
+timeout (Dramatiq's default is a second): the delay queues, which geneva never uses (its
+waits live in the database), and the worker threads' checks for a shutdown. Polling
+those at the step queues' pace doubled an idle worker process's CPU (15 % of a core at
+10 ms instead of 7.5 %).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+from dramatiq.broker import Consumer
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import q_name
@@ -29,7 +31,9 @@ class GenevaRedisBroker(RedisBroker):
         #: The longest an idle consumer of a queue (not a delay queue) sleeps, in ms.
         self.idle_timeout_ms = idle_timeout_ms
 
-    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+        """A consumer of ``queue_name``; one of a queue (not of a delay or dead-letter
+        queue) polls every :attr:`idle_timeout_ms` at most, whatever ``timeout`` says."""
         if q_name(queue_name) == queue_name:  # not a delay (.DQ) or dead-letter queue
             timeout = self.idle_timeout_ms
         return super().consume(queue_name, prefetch, timeout)

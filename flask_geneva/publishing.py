@@ -55,6 +55,22 @@ class PendingMessage:
         return self.available_at <= self.created_at
 
 
+def published_marks(available_at: datetime, now: datetime) -> tuple[datetime | None, int]:
+    """``published_at`` and ``publish_count`` of a new outbox row.
+
+    A step due at once is the committing process's to publish right after the commit
+    (the fast path), so its row counts as published then, once: the relay sends it
+    again only if nobody claims it for ``GENEVA_RELAY_REPUBLISH_AFTER`` (the process died
+    before publishing, or the message was lost), not merely because it waits behind a
+    long queue. Should the fast path fail, it marks the row unpublished again and the
+    relay publishes it after ``GENEVA_RELAY_GRACE_PERIOD``. A later step is the relay's
+    from the start.
+    """
+    if available_at <= now:
+        return now, 1
+    return None, 0
+
+
 def listen_to_sessions_of(session_class: type) -> None:
     """Give every session of ``session_class`` the listeners, once; call it at setup
     (``Geneva(db=...)`` does, for ``db.session``'s class): adding a listener to a class
@@ -180,8 +196,10 @@ def _hand_to_relay(session: Session, refused: list[PendingMessage]) -> None:
 
     Runs once the session's transaction is over, on a connection of its own (the
     session's is back in the pool, so a full pool cannot leave it waiting for itself).
-    Should it fail too (the database went away with the broker), the rows keep their
-    mark and the relay publishes them after ``GENEVA_RELAY_REPUBLISH_AFTER``.
+    Should it fail too (the database went away with the broker), or not see the rows (a
+    session bound to a connection whose transaction is still open, as in some test
+    setups), the rows keep their mark and the relay publishes them after
+    ``GENEVA_RELAY_REPUBLISH_AFTER``.
     """
     by_model: dict[int, tuple[Any, list[Any]]] = {}
     for message in refused:

@@ -1,7 +1,7 @@
 """The outbox relay: publish step messages that are due and were not published yet.
 
 The committing process publishes a step that is due at once right after its commit (the
-fast path, :mod:`flask_geneva.scheduling`). The relay publishes everything else:
+fast path, :mod:`flask_geneva.publishing`). The relay publishes everything else:
 
 * rows whose wait has come (a step scheduled for later is published by the relay, at its
   due time — waits live in the database, never in the broker);

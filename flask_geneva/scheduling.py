@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.orm import Session
 
-from flask_geneva.publishing import PendingMessage, remember_for_commit
+from flask_geneva.publishing import PendingMessage, published_marks, remember_for_commit
 from flask_geneva.states import StepState
 from flask_geneva.timeutil import utcnow
 
@@ -133,22 +133,6 @@ def enqueue_outbox(
         session, state, execution.id, workflow.id, queue_name, priority, time_limit_ms,
         available_at, now,
     )
-
-
-def published_marks(available_at: datetime, now: datetime) -> tuple[datetime | None, int]:
-    """``published_at`` and ``publish_count`` of a new outbox row.
-
-    A step due at once is the committing process's to publish right after the commit
-    (the fast path), so its row counts as published then, once: the relay sends it
-    again only if nobody claims it for ``GENEVA_RELAY_REPUBLISH_AFTER`` (the process died
-    before publishing, or the message was lost), not merely because it waits behind a
-    long queue. Should the fast path fail, it marks the row unpublished again and the
-    relay publishes it after ``GENEVA_RELAY_GRACE_PERIOD``. A later step is the relay's
-    from the start.
-    """
-    if available_at <= now:
-        return now, 1
-    return None, 0
 
 
 def announce(

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from flask_geneva.scheduling import published_marks
+from flask_geneva.publishing import published_marks
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
 from flask_geneva.timeutil import utcnow
 
@@ -165,7 +165,7 @@ class HotPath:
             "time_limit_ms": param("hp_time_limit_ms", outbox.c.time_limit_ms.type),
             "available_at": run_at,
             # A step due at once is the committing process's to publish (the fast path):
-            # its row counts as published from the start (see scheduling.published_marks).
+            # its row counts as published from the start (see publishing.published_marks).
             "published_at": param("hp_published_at", _TIMESTAMP),
             "publish_count": param("hp_publish_count", outbox.c.publish_count.type),
             "created_at": now,
