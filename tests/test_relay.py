@@ -189,6 +189,18 @@ def test_a_step_scheduled_in_a_savepoint_waits_for_the_transaction_around_it(
     assert sorted(published(app)) == sorted([outer, inner])
 
 
+def test_a_commit_from_inside_a_savepoint_publishes_once_the_whole_transaction_commits(
+    app: Flask,
+) -> None:
+    """``session.commit()`` with a savepoint open releases it, then commits the rest."""
+    outer = Quick.create().current_execution.id
+    db.session.begin_nested()
+    inner = Quick.create().current_execution.id
+    db.session.commit()
+    assert sorted(published(app)) == sorted([outer, inner])
+    assert len(outbox_rows()) == 2
+
+
 def test_a_savepoint_rolled_back_forgets_only_its_own_steps(app: Flask) -> None:
     kept = Quick.create().current_execution.id
     savepoint = db.session.begin_nested()
