@@ -72,6 +72,11 @@ EARLY_TOLERANCE: Final = timedelta(seconds=1)
 #: relay publishes a waited step a little ahead (``Relay.lead``) so that the broker hop
 #: and the consumer's poll are over by its due time, and the step starts on time.
 EARLY_WAIT_MAX: Final = timedelta(milliseconds=250)
+#: On PostgreSQL a waited step locks (and loads) its rows this much before its due time,
+#: then checks its preconditions and writes the claim at the due time: the lock's round
+#: trip is over by then. (SQLite locks the whole database, so there the step locks at its
+#: due time.)
+PRELOCK: Final = timedelta(milliseconds=5)
 
 
 @dataclass
@@ -318,11 +323,15 @@ def _claim(
         return None
     early = execution.scheduled_for - now
     waits = execution.scheduled_for > execution.created_at  # a step due at once never waits
-    if not ignore_schedule and not waited and waits and timedelta(0) < early <= EARLY_WAIT_MAX:
+    prelock = PRELOCK if is_postgresql(session) else timedelta(0)
+    if not ignore_schedule and not waited and waits and prelock < early <= EARLY_WAIT_MAX:
         # Published ahead of its due time: wait for it without holding the locks.
         session.rollback()
-        time.sleep(early.total_seconds())
+        time.sleep((early - prelock).total_seconds())
         return _claim(session, geneva, key, message_id, ignore_schedule, started, waited=True)
+    if waits and not ignore_schedule and prelock:
+        # Locked just ahead of the due time: the rest (checks, claim) comes at it.
+        now = _wait_until_due(execution.scheduled_for, prelock, now)
 
     cls = type(workflow)
     subject = _Subject(
@@ -392,6 +401,17 @@ def _claim(
     log.info("precondition ended execution %s: %s", subject.execution_id, verdict)
     _send(signals.precondition_checked, subject, verdict, error, started)
     return StepResult(subject.execution_id, step.name, verdict, error)
+
+
+def _wait_until_due(due: datetime, window: timedelta, now: datetime) -> datetime:
+    """Sleep, holding the step's locks, until ``due`` when it is at most ``window`` away
+    (a step locked just ahead of its due time); the time to claim at."""
+    early = due - utcnow()
+    if early > window:  # up to EARLY_TOLERANCE early by a skewed clock: at once
+        return now
+    if early > timedelta(0):
+        time.sleep(early.total_seconds())
+    return max(utcnow(), due)
 
 
 def _mark_in_progress(

@@ -5,14 +5,18 @@ and raises nothing; it is logged."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from flask_geneva import step
 from flask_geneva.executor import execute_step
 from flask_geneva.timeutil import utcnow
+from tests.e2e_support import wait_until
 from tests.helpers import history, note_texts, published_execution_ids, scheduled_execution
 from tests.models import Note, db, geneva
 
@@ -155,6 +159,75 @@ def test_a_message_a_little_early_waits_for_the_due_time(app, user, monkeypatch)
     [body_started] = SECOND_STARTS
     assert body_started >= ran.scheduled_for  # the body itself, not only the claim
     assert note_texts() == ["second ran"]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_on_postgresql_a_waited_step_locks_its_rows_just_before_its_due_time(
+    app, user, monkeypatch
+):
+    """The lock comes ahead (executor.PRELOCK, widened here), the checks, the claim and
+    the body at the due time."""
+    monkeypatch.setattr("flask_geneva.executor.EARLY_TOLERANCE", timedelta(seconds=5))
+    monkeypatch.setattr("flask_geneva.executor.EARLY_WAIT_MAX", timedelta(seconds=5))
+    monkeypatch.setattr("flask_geneva.executor.PRELOCK", timedelta(seconds=4))
+    SECOND_STARTS.clear()
+    wf = ShortWaitWorkflow.create(hero=user)
+    db.session.commit()
+    execute_step(geneva, scheduled_execution(wf).id)
+    second = scheduled_execution(wf)
+    # Early by more than PRELOCK: the worker first sleeps without the locks, as it would.
+    second.scheduled_for = utcnow() + timedelta(seconds=4.5)
+    db.session.commit()
+    workflow_id, second_id, due = wf.id, second.id, second.scheduled_for
+    results: list[Any] = []
+
+    def worker() -> None:
+        with app.app_context():
+            results.append(execute_step(geneva, second_id))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+
+        def workflow_row_locked() -> bool:
+            with db.engine.connect() as connection:
+                try:
+                    connection.execute(
+                        sa.text("SELECT id FROM geneva_workflows WHERE id = :id FOR UPDATE NOWAIT"),
+                        {"id": workflow_id},
+                    )
+                except sa.exc.OperationalError:
+                    return True
+                return False
+
+        locked_since: list[float] = []
+
+        def locked_for_half_a_second() -> bool:
+            # Held, not only taken for an instant (every claim locks briefly on arrival).
+            if not workflow_row_locked():
+                locked_since.clear()
+                return False
+            locked_since[:1] = locked_since[:1] or [time.monotonic()]
+            return time.monotonic() - locked_since[0] >= 0.5
+
+        wait_until(locked_for_half_a_second, timeout=10, message="the worker to hold the lock")
+        assert utcnow() < due  # held ahead of the due time
+        with db.engine.connect() as connection:  # and not claimed yet
+            state = connection.scalar(
+                sa.text("SELECT state FROM geneva_step_executions WHERE id = :id"),
+                {"id": second_id},
+            )
+        assert state == "scheduled"
+    finally:
+        thread.join(15)
+    assert not thread.is_alive()
+    [result] = results
+    assert result is not None and result.exception is None
+    db.session.expire_all()
+    ran = db.session.get(geneva.StepExecution, second_id)
+    assert ran.started_at >= due
+    [body_started] = SECOND_STARTS
+    assert body_started >= due
 
 
 def test_the_dramatiq_message_id_is_recorded_on_the_execution(workflow):
