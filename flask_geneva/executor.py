@@ -321,17 +321,18 @@ def _claim(
         session.rollback()
         log.info("execution %s is not due until %s", key, execution.scheduled_for)
         return None
-    early = execution.scheduled_for - now
-    waits = execution.scheduled_for > execution.created_at  # a step due at once never waits
-    prelock = PRELOCK if is_postgresql(session) else timedelta(0)
-    if not ignore_schedule and not waited and waits and prelock < early <= EARLY_WAIT_MAX:
-        # Published ahead of its due time: wait for it without holding the locks.
-        session.rollback()
-        time.sleep((early - prelock).total_seconds())
-        return _claim(session, geneva, key, message_id, ignore_schedule, started, waited=True)
-    if waits and not ignore_schedule and prelock:
-        # Locked just ahead of the due time: the rest (checks, claim) comes at it.
-        now = _wait_until_due(execution.scheduled_for, prelock, now)
+    # A step due at once never waits.
+    if not ignore_schedule and execution.scheduled_for > execution.created_at:
+        early = execution.scheduled_for - now
+        prelock = PRELOCK if is_postgresql(session) else timedelta(0)
+        if not waited and prelock < early <= EARLY_WAIT_MAX:
+            # Published ahead of its due time: wait for it without holding the locks.
+            session.rollback()
+            time.sleep((early - prelock).total_seconds())
+            return _claim(session, geneva, key, message_id, ignore_schedule, started, waited=True)
+        if prelock:
+            # Locked just ahead of the due time: the rest (checks, claim) comes at it.
+            now = _wait_until_due(execution.scheduled_for, prelock, now)
 
     cls = type(workflow)
     subject = _Subject(

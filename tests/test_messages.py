@@ -136,19 +136,25 @@ class ShortWaitWorkflow(geneva.Workflow):
         db.session.add(Note(text="second ran"))
 
 
-def test_a_message_a_little_early_waits_for_the_due_time(app, user, monkeypatch):
-    """The relay publishes waited steps a little ahead; the step still starts on time."""
-    # A wider window than the real one, so that a slow commit below cannot make the
-    # message late (or too early) before it is handed over.
-    monkeypatch.setattr("flask_geneva.executor.EARLY_WAIT_MAX", timedelta(seconds=5))
+def _second_step_due_in(user: Any, delay: timedelta) -> tuple[Any, Any]:
+    """A ShortWaitWorkflow whose first step ran and whose second is due ``delay`` from now."""
     SECOND_STARTS.clear()
     wf = ShortWaitWorkflow.create(hero=user)
     db.session.commit()
     execute_step(geneva, scheduled_execution(wf).id)
     second = scheduled_execution(wf)
-    # Due a little ahead, whatever step 1 took: the message is early by less than the max.
-    second.scheduled_for = utcnow() + timedelta(milliseconds=800)
+    second.scheduled_for = utcnow() + delay
     db.session.commit()
+    return wf, second
+
+
+def test_a_message_a_little_early_waits_for_the_due_time(app, user, monkeypatch):
+    """The relay publishes waited steps a little ahead; the step still starts on time."""
+    # A wider window than the real one, so that a slow commit below cannot make the
+    # message late (or too early) before it is handed over.
+    monkeypatch.setattr("flask_geneva.executor.EARLY_WAIT_MAX", timedelta(seconds=5))
+    # Due a little ahead, whatever step 1 took: the message is early by less than the max.
+    _, second = _second_step_due_in(user, timedelta(milliseconds=800))
     assert timedelta(0) < second.scheduled_for - utcnow() <= timedelta(seconds=5)
     result = execute_step(geneva, second.id)
     assert result is not None and result.exception is None
@@ -170,14 +176,8 @@ def test_on_postgresql_a_waited_step_locks_its_rows_just_before_its_due_time(
     monkeypatch.setattr("flask_geneva.executor.EARLY_TOLERANCE", timedelta(seconds=5))
     monkeypatch.setattr("flask_geneva.executor.EARLY_WAIT_MAX", timedelta(seconds=5))
     monkeypatch.setattr("flask_geneva.executor.PRELOCK", timedelta(seconds=4))
-    SECOND_STARTS.clear()
-    wf = ShortWaitWorkflow.create(hero=user)
-    db.session.commit()
-    execute_step(geneva, scheduled_execution(wf).id)
-    second = scheduled_execution(wf)
     # Early by more than PRELOCK: the worker first sleeps without the locks, as it would.
-    second.scheduled_for = utcnow() + timedelta(seconds=4.5)
-    db.session.commit()
+    wf, second = _second_step_due_in(user, timedelta(seconds=4.5))
     workflow_id, second_id, due = wf.id, second.id, second.scheduled_for
     results: list[Any] = []
 
