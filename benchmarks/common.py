@@ -65,7 +65,8 @@ computes the metrics and writes one JSON object to PATH::
 
     {"system", "load", "round", "ok", "error", "n_workflows", "steps_expected",
      "steps_recorded", "throughput", "latency_ms": {"p50","p95","p99","n"},
-     "lateness_ms": {"p50","p99","n"} | null, "span_s", "settings": {...}}
+     "lateness_ms": {"p50","p99","n"} | null, "span_s", "settings": {...},
+     "cost_per_step": {"cpu_ms", "redis_calls", "pg_xacts"} | null}
 
 ``invoke_runner`` is the driver-side counterpart (subprocess with a hard timeout,
 process-group kill on overrun).
@@ -287,6 +288,7 @@ def wait_for_records(
                 "someone else (e.g. a test suite's FLUSHALL) during the run?"
             )
         if count >= expected:
+            _WINDOW["end"] = cost_snapshot()
             return count
         if alive is not None and not alive():
             raise WorkerDied(f"a worker process exited early ({count}/{expected} steps logged)")
@@ -307,6 +309,8 @@ def drive_starts(
     the system acknowledged (committed / enqueued) the new workflow.
     """
     created: dict[str, float] = {}
+    _WINDOW.clear()
+    _WINDOW["start"] = cost_snapshot()
     t0 = time.monotonic()
     for i, wf in enumerate(wf_ids):
         if load.interval_s:
@@ -316,6 +320,59 @@ def drive_starts(
         start(wf)
         created[wf] = time.time()
     return created
+
+
+# --------------------------------------------------------------------------- cost per step
+
+#: Counters read by ``drive_starts`` before the first start and by ``wait_for_records``
+#: once every record is in: the window that ``cost_per_step`` divides by the steps.
+_WINDOW: dict[str, dict[str, float] | None] = {}
+
+
+def cost_snapshot() -> dict[str, float] | None:
+    """What the whole machine has spent so far, or None if a counter cannot be read.
+
+    * ``cpu_s``: CPU seconds busy on every core, every process (``/proc/stat``): the
+      workers, the harness, PostgreSQL and Redis alike;
+    * ``redis_calls``: Dramatiq's calls to Redis; its Redis broker does every enqueue,
+      fetch (with its heartbeat) and acknowledgement as one call of a Lua script
+      (``EVALSHA``), so these are its round trips, idle polls included;
+    * ``pg_xid``: PostgreSQL's next transaction id, read without taking one: the
+      difference counts the transactions that wrote or locked a row, in every database
+      of the cluster (DBOS's system database too).
+    """
+    try:
+        total, idle = _cpu_times()
+        stats = redis_client().info("commandstats")
+        calls = sum(
+            int(v.get("calls", 0))
+            for k, v in stats.items()
+            if k in ("cmdstat_evalsha", "cmdstat_eval")
+        )
+        with _connect(PG_ADMIN_DB) as conn:
+            (xid,) = conn.execute(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+            ).fetchone()
+    except Exception:
+        return None
+    return {
+        "cpu_s": (total - idle) / os.sysconf("SC_CLK_TCK"),
+        "redis_calls": float(calls),
+        "pg_xid": float(xid),
+    }
+
+
+def cost_per_step(steps: int) -> dict[str, float] | None:
+    """The window's cost divided by ``steps``: machine CPU ms, Dramatiq's Redis calls
+    and PostgreSQL transactions that wrote, per step (None without both snapshots)."""
+    start, end = _WINDOW.get("start"), _WINDOW.get("end")
+    if not start or not end or steps <= 0:
+        return None
+    return {
+        "cpu_ms": 1000 * (end["cpu_s"] - start["cpu_s"]) / steps,
+        "redis_calls": (end["redis_calls"] - start["redis_calls"]) / steps,
+        "pg_xacts": (end["pg_xid"] - start["pg_xid"]) / steps,
+    }
 
 
 # --------------------------------------------------------------------------- statistics
@@ -699,6 +756,7 @@ def runner_main(system: str, run: Callable[[Load, RunContext], RunOutput]) -> No
                 stack.enter_context(bench_lock(1800, f"{system}/{load.name}"))
             out = run(load, ctx)
             result.update(compute_metrics(load, out.created, out.records))
+            result["cost_per_step"] = cost_per_step(load.steps_expected)
             result["settings"] = out.settings
             result["counters"] = out.counters
             problems = []
@@ -880,6 +938,29 @@ def format_table(rows: Sequence[dict[str, Any]], baseline: str | None = "floor")
                 s = f"{x / y:.2f}x" if (x is not None and y not in (None, 0)) else "-"
                 cells.append(f"{s:>{w}}")
             lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def format_costs(
+    results: dict[tuple[str, str], list[dict[str, Any]]],
+    systems: Sequence[str],
+    loads: Sequence[str],
+) -> str:
+    """Cost per step, medians over the successful rounds (``cost_per_step``)."""
+    cols = [("cpu ms", "cpu_ms", 2), ("redis calls", "redis_calls", 2), ("pg xacts", "pg_xacts", 2)]
+    head = f"{'system':<14}  {'load':<11}  " + "  ".join(f"{c:>11}" for c, _, _ in cols)
+    lines = [head, "-" * len(head)]
+    for ld in loads:
+        for s in systems:
+            ok = [r for r in results.get((s, ld), []) if r.get("ok")]
+            cells = []
+            for _, key, digits in cols:
+                vals = [
+                    v for v in ((r.get("cost_per_step") or {}).get(key) for r in ok)
+                    if v is not None
+                ]
+                cells.append(f"{_fmt(median(vals), digits):>11}")
+            lines.append(f"{s:<14}  {ld:<11}  " + "  ".join(cells))
     return "\n".join(lines)
 
 

@@ -252,6 +252,12 @@ def _run_all(args, systems, chosen, loads, settings) -> int:
         "create s = first to last workflow creation, s",
         common.format_breakdown(results, chosen, loads),
         "",
+        "cost per step (median over rounds), from the first start to the last step's "
+        "record: cpu ms = the machine's CPU, every process (workers, harness, PostgreSQL, "
+        "Redis); redis calls = Dramatiq's calls to Redis (enqueue, fetch, ack; idle polls "
+        "included); pg xacts = PostgreSQL transactions that wrote or locked a row",
+        common.format_costs(results, chosen, loads),
+        "",
         "per round (cpu = machine CPU busy just before the round, * = not quiet; foreign = "
         "share of the machine's CPU used during the round by processes other than the "
         "benchmark's and PostgreSQL's, a lower bound):",
