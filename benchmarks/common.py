@@ -288,7 +288,7 @@ def wait_for_records(
                 "someone else (e.g. a test suite's FLUSHALL) during the run?"
             )
         if count >= expected:
-            _WINDOW["end"] = cost_snapshot()
+            _WINDOW["end"] = cost_snapshot(cpu_first=True)
             return count
         if alive is not None and not alive():
             raise WorkerDied(f"a worker process exited early ({count}/{expected} steps logged)")
@@ -310,7 +310,7 @@ def drive_starts(
     """
     created: dict[str, float] = {}
     _WINDOW.clear()
-    _WINDOW["start"] = cost_snapshot()
+    _WINDOW["start"] = cost_snapshot(cpu_first=False)
     t0 = time.monotonic()
     for i, wf in enumerate(wf_ids):
         if load.interval_s:
@@ -329,21 +329,30 @@ def drive_starts(
 _WINDOW: dict[str, dict[str, float] | None] = {}
 
 
-def cost_snapshot() -> dict[str, float] | None:
+def cost_snapshot(*, cpu_first: bool) -> dict[str, float] | None:
     """What the whole machine has spent so far, or None if a counter cannot be read.
 
     * ``cpu_s``: CPU seconds busy on every core, every process (``/proc/stat``): the
-      workers, the harness, PostgreSQL and Redis alike;
-    * ``redis_calls``: Dramatiq's calls to Redis; its Redis broker does every enqueue,
-      fetch (with its heartbeat) and acknowledgement as one call of a Lua script
-      (``EVALSHA``), so these are its round trips, idle polls included;
-    * ``pg_xid``: PostgreSQL's next transaction id, read without taking one: the
-      difference counts the transactions that wrote or locked a row, in every database
-      of the cluster (DBOS's system database too).
+      workers, the harness, PostgreSQL and Redis alike, and anything else running;
+    * ``redis_calls``: calls of Lua scripts on the Redis server (server-wide: exact with
+      ``run.py --redis private``). Dramatiq's Redis broker does every enqueue, fetch
+      (with its heartbeat) and acknowledgement as one ``EVALSHA``, so these are its
+      round trips, idle polls included; the harness calls none;
+    * ``pg_xid``: PostgreSQL's latest completed transaction id (the snapshot's xmax,
+      read without taking an id): the difference counts the transactions that took an
+      id, i.e. wrote or locked a row (rolled back or not, savepoints that wrote too), in
+      every database of the cluster (DBOS's system database included).
+
+    The CPU is read first at the end of the window and last at its start (``cpu_first``),
+    so that the probe's own connections stay out of it.
     """
     try:
-        total, idle = _cpu_times()
-        stats = redis_client().info("commandstats")
+        cpu_at_end = _cpu_busy_seconds() if cpu_first else None
+        client = redis_client()
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
         calls = sum(
             int(v.get("calls", 0))
             for k, v in stats.items()
@@ -353,13 +362,15 @@ def cost_snapshot() -> dict[str, float] | None:
             (xid,) = conn.execute(
                 "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
             ).fetchone()
+        cpu = cpu_at_end if cpu_at_end is not None else _cpu_busy_seconds()
     except Exception:
         return None
-    return {
-        "cpu_s": (total - idle) / os.sysconf("SC_CLK_TCK"),
-        "redis_calls": float(calls),
-        "pg_xid": float(xid),
-    }
+    return {"cpu_s": cpu, "redis_calls": float(calls), "pg_xid": float(xid)}
+
+
+def _cpu_busy_seconds() -> float:
+    total, not_busy = _cpu_times()
+    return (total - not_busy) / os.sysconf("SC_CLK_TCK")
 
 
 def cost_per_step(steps: int) -> dict[str, float] | None:
@@ -586,10 +597,13 @@ def private_redis(db: int = 13):
 
 
 def _cpu_times() -> tuple[int, int]:
+    """(all ticks, ticks not busy) of the machine so far: idle, iowait and steal (the
+    hypervisor's) are not busy; guest time is already counted in user and nice."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields), idle
+    fields += [0] * (8 - len(fields))
+    not_busy = fields[3] + fields[4] + fields[7]  # idle + iowait + steal
+    return sum(fields[:8]), not_busy
 
 
 def cpu_busy(interval_s: float = 1.0) -> float:

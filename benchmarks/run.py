@@ -254,8 +254,9 @@ def _run_all(args, systems, chosen, loads, settings) -> int:
         "",
         "cost per step (median over rounds), from the first start to the last step's "
         "record: cpu ms = the machine's CPU, every process (workers, harness, PostgreSQL, "
-        "Redis); redis calls = Dramatiq's calls to Redis (enqueue, fetch, ack; idle polls "
-        "included); pg xacts = PostgreSQL transactions that wrote or locked a row",
+        "Redis, anything else); redis calls = Dramatiq's calls to Redis (enqueue, fetch, "
+        "ack; idle polls included); pg xacts = PostgreSQL transactions that wrote or "
+        "locked a row (benchmarks/README.md)",
         common.format_costs(results, chosen, loads),
         "",
         "per round (cpu = machine CPU busy just before the round, * = not quiet; foreign = "
