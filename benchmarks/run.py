@@ -97,6 +97,16 @@ def _ms(v):
     return "-" if v is None else f"{v:.1f}"
 
 
+def _cost(cost):
+    """A round's cost per step, as the per-round lines show it."""
+    if not cost:
+        return "-"
+    return (
+        f"cpu {cost['cpu_ms']:.2f} ms, redis {cost['redis_calls']:.2f}, "
+        f"pg xacts {cost['pg_xacts']:.2f}"
+    )
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -277,6 +287,7 @@ def _run_all(args, systems, chosen, loads, settings) -> int:
                     f" {r.get('throughput') or 0:7.1f} steps/s  lat p50 {_ms(lat.get('p50')):>7}"
                     f" p99 {_ms(lat.get('p99')):>7}  late p50 {_ms(late.get('p50')):>6}"
                     f" p99 {_ms(late.get('p99')):>6}"
+                    f"  cost/step {_cost(r.get('cost_per_step'))}"
                 )
     report += ["", "systems:"]
     for s in chosen:
