@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
 
-from flask_geneva import transitions
-from flask_geneva.scheduling import lock_execution, lock_workflow
-from flask_geneva.states import StepOutcome, StepState, WorkflowState
+from flask_geneva import machine
+from flask_geneva.runs import message_options
+from flask_geneva.states import StepState, WorkflowState
+from flask_geneva.store import Target, store_for
 from flask_geneva.timeutil import utcnow
 
 logger = logging.getLogger("flask_geneva.housekeeping")
@@ -189,30 +190,32 @@ def _recover_one(
     older_than: datetime,
     action: str,
 ) -> bool:
-    workflow = lock_workflow(session, geneva.Workflow, workflow_id)
-    execution = lock_execution(session, geneva.StepExecution, execution_id)
-    since = None
-    if execution is not None:
-        since = execution.started_at if state == StepState.IN_PROGRESS else execution.scheduled_for
+    store = store_for(geneva, session)
+    workflow = store.lock_workflow(session, workflow_id)
+    locked = store.lock_states(session, execution_id)
     if (
         workflow is None
-        or execution is None
-        or execution.state != state
+        or locked is None
+        or locked.workflow_id != workflow_id
+        or locked.execution_state != state
         or workflow.state == WorkflowState.PAUSED
-        or since is None
-        or since >= older_than
     ):
         session.rollback()
         return False
+    execution = session.get(geneva.StepExecution, execution_id, populate_existing=True)
+    since = execution.started_at if state == StepState.IN_PROGRESS else execution.scheduled_for
+    if since is None or since >= older_than:
+        session.rollback()
+        return False
     now = utcnow()
-    transitions.withdraw(session, workflow, execution)
-    if action == "cancel":
-        transitions.end_execution(execution, StepState.CANCELED, StepOutcome.RECOVERED, now)
-        transitions.cancel(workflow, now)
-    else:
-        transitions.end_execution(execution, StepState.COMPLETED, StepOutcome.RECOVERED, now)
-        session.flush()
-        transitions.schedule_again(session, workflow, execution.step_name, timedelta(0), now)
+    step_name = execution.step_name
+    store.apply(
+        session,
+        Target(workflow_id, execution_id, step_name, workflow.execution_count or 0),
+        machine.plan(machine.recovery(action), step_name, None),
+        now,
+        options=message_options(type(workflow)),
+    )
     session.commit()
     logger.warning(
         "recovered %s execution %s of %s #%s (%s)",

@@ -6,12 +6,11 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
-from flask import current_app
 
 from flask_geneva.errors import WorkflowAlreadyOngoing
-from flask_geneva.scheduling import announce
-from flask_geneva.statements import hot_path
+from flask_geneva.runs import message_options
 from flask_geneva.states import ONGOING_STATES, WorkflowState
+from flask_geneva.store import store_for
 from flask_geneva.timeutil import utcnow
 
 
@@ -71,27 +70,13 @@ def create_workflow(cls: Any, hero: Any = None, data: dict[str, Any] | None = No
 
 
 def _schedule_first_step(session: Any, workflow: Any, first: Any, now: Any) -> None:
-    """Add the first execution and its outbox row with prebuilt statements (``create()``
-    is called in bulk: the unit of work would cost more than the inserts)."""
-    state = current_app.extensions["geneva"]
+    """Add the first execution and its outbox row with the store's prebuilt statements
+    (``create()`` is called in bulk: the unit of work would cost more than the inserts)."""
     cls = type(workflow)
-    queue_name, priority, time_limit_ms = state.message_options_for(cls)
-    run_at = now + first.wait
-    execution_id = hot_path(cls._geneva).schedule(
-        session,
-        workflow.id,
-        step_name=first.name,
-        sequence=1,
-        run_at=run_at,
-        now=now,
-        queue_name=queue_name,
-        priority=priority,
-        time_limit_ms=time_limit_ms,
-    )
-    announce(
-        session, state, execution_id, workflow.id, queue_name, priority, time_limit_ms,
-        run_at, now,
-    )
+    store_for(cls._geneva, session).schedule(
+        session, workflow.id, step_name=first.name, sequence=1, run_at=now + first.wait,
+        now=now, options=message_options(cls),
+    )  # fmt: skip
 
 
 def _is_one_ongoing_violation(error: sa.exc.IntegrityError) -> bool:

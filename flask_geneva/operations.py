@@ -1,23 +1,25 @@
 """Operator actions: ``resume()``, ``cancel()``, ``pause()`` and ``skip()`` from outside a step.
 
-Each one locks the workflow row, checks the state, acts, and leaves the commit to the
-caller. A call the state does not allow raises :class:`~flask_geneva.InvalidStateError`
-and changes nothing.
+Each one locks the workflow row (then its scheduled execution's), asks the state
+machine (:func:`flask_geneva.machine.operator_transition`) what the action does in the
+workflow's state, has the store write it, and leaves the commit to the caller. A call
+the state does not allow raises :class:`~flask_geneva.InvalidStateError` and changes
+nothing.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from flask_geneva import transitions
+from flask_geneva import machine
 from flask_geneva.errors import InvalidStateError
-from flask_geneva.scheduling import enqueue_outbox, lock_execution, lock_workflow
-from flask_geneva.states import StepOutcome, StepState, WorkflowState
+from flask_geneva.machine import Move, OperatorAction
+from flask_geneva.runs import following, message_options
+from flask_geneva.store import Store, Target, store_for
 from flask_geneva.timeutil import utcnow
 
 
@@ -25,45 +27,64 @@ def _describe(workflow: Any) -> str:
     return f"{workflow.workflow_class} #{workflow.id}"
 
 
-def _lock(
-    workflow: Any, action: str, allowed: tuple[WorkflowState, ...]
-) -> tuple[Session, Any]:
-    """Lock the workflow's row and check its state; returns the session and the locked
-    instance (``workflow`` itself, unless ``workflow`` is not in a session)."""
+def act(workflow: Any, action: OperatorAction) -> None:
+    """Take ``action`` on ``workflow`` (see the module's docstring)."""
     geneva = workflow._geneva
-    session = sa.orm.object_session(workflow) or geneva.db.session
+    session: Session = sa.orm.object_session(workflow) or geneva.db.session()
     if workflow.id is None:
         session.flush()
-    locked = lock_workflow(session, geneva.Workflow, workflow.id)
+    store = store_for(geneva, session)
+    locked = store.lock_workflow(session, workflow.id)
     if locked is None:
         raise InvalidStateError(f"{_describe(workflow)} no longer exists")
-    if locked.state not in allowed:
-        allowed_text = " or ".join(state.value for state in allowed)
-        raise InvalidStateError(
-            f"cannot {action} {_describe(workflow)}: it is {locked.state}, and {action}() "
-            f"needs it {allowed_text}"
-        )
-    return session, locked
+    kept = store.scheduled_execution(session, locked.id)
+    transition = machine.operator_transition(
+        action, str(locked.state), kept_execution=kept is not None, describe=_describe(locked)
+    )
+    step_name = kept.step_name if kept is not None else locked.next_step_name
+    if transition.move in (Move.ADVANCE, Move.REPEAT):
+        if step_name is None:
+            raise InvalidStateError(
+                f"cannot {action.value} {_describe(locked)}: it has no "
+                f"{'pending' if action == OperatorAction.SKIP else 'next'} step"
+            )
+        _require_step(locked, step_name, action.value)
+    after = None
+    if transition.move == Move.ADVANCE:
+        after = following(type(locked)._geneva_definition, step_name)
+    now = utcnow()
+    ends_new = transition.step_state is not None and kept is None
+    if ends_new and step_name is None:
+        # A paused workflow with nothing to record the action on: the workflow alone.
+        transition = machine.Transition(transition.move, reason=transition.reason)
+    plan = machine.plan(transition, step_name, after)
+    session.flush()  # the caller's pending writes go first, in their order
+    applied = _apply(store, session, locked, kept, step_name, plan, now)
+    _sync(workflow, locked, applied.workflow_values)
 
 
-def _done(session: Session, workflow: Any, locked: Any) -> None:
-    """Flush the action; a caller's detached instance is told the new values too."""
-    session.flush()
+def _apply(store: Store, session: Session, locked: Any, kept: Any, step_name: str | None,
+           plan: machine.Plan, now: Any) -> Any:
+    return store.apply(
+        session,
+        Target(locked.id, kept.id if kept is not None else None, step_name,
+               locked.execution_count or 0),
+        plan,
+        now,
+        options=message_options(type(locked)),
+        release_at=kept.scheduled_for if kept is not None else None,
+    )  # fmt: skip
+
+
+def _sync(workflow: Any, locked: Any, values: dict[str, Any]) -> None:
+    """Tell the caller's objects what the store wrote, as committed state."""
+    for target in {id(workflow): workflow, id(locked): locked}.values():
+        for key, value in values.items():
+            set_committed_value(target, key, value)
     if locked is not workflow:
         for attribute in sa.inspect(type(locked)).column_attrs:
-            set_committed_value(workflow, attribute.key, getattr(locked, attribute.key))
-
-
-def _scheduled_execution(session: Session, workflow: Any) -> Any:
-    model = workflow._geneva.StepExecution
-    execution_id = session.scalars(
-        sa.select(model.id).where(
-            model.workflow_id == workflow.id, model.state == StepState.SCHEDULED
-        )
-    ).first()
-    if execution_id is None:
-        return None
-    return lock_execution(session, model, execution_id)
+            if attribute.key not in values:
+                set_committed_value(workflow, attribute.key, getattr(locked, attribute.key))
 
 
 def cancel_workflow(workflow: Any) -> None:
@@ -73,29 +94,12 @@ def cancel_workflow(workflow: Any) -> None:
     canceled / canceled execution of the step ``resume()`` would have run, so the
     operator's action is in the history like ``skip()``'s.
     """
-    session, locked = _lock(workflow, "cancel", (WorkflowState.READY, WorkflowState.PAUSED))
-    now = utcnow()
-    execution = _scheduled_execution(session, locked)
-    if execution is not None:
-        transitions.end_execution(execution, StepState.CANCELED, StepOutcome.CANCELED, now)
-        transitions.withdraw(session, locked, execution)
-    elif locked.next_step_name is not None:
-        transitions.add_ended_execution(
-            session, locked, locked.next_step_name, StepState.CANCELED, StepOutcome.CANCELED, now
-        )
-    transitions.cancel(locked, now)
-    _done(session, workflow, locked)
+    act(workflow, OperatorAction.CANCEL)
 
 
 def pause_workflow(workflow: Any) -> None:
     """Pause a ready workflow; its scheduled execution is kept and runs after resume()."""
-    session, locked = _lock(workflow, "pause", (WorkflowState.READY,))
-    now = utcnow()
-    execution = _scheduled_execution(session, locked)
-    if execution is not None:
-        transitions.withdraw(session, locked, execution)
-    transitions.pause_at(locked, locked.next_step_name, now)
-    _done(session, workflow, locked)
+    act(workflow, OperatorAction.PAUSE)
 
 
 def resume_workflow(workflow: Any) -> None:
@@ -104,44 +108,12 @@ def resume_workflow(workflow: Any) -> None:
     A kept scheduled execution runs at its original time (at once if overdue); otherwise
     a new execution of ``next_step_name`` is scheduled now, which retries a failed step.
     """
-    session, locked = _lock(workflow, "resume", (WorkflowState.PAUSED,))
-    now = utcnow()
-    execution = _scheduled_execution(session, locked)
-    if execution is not None:
-        locked.state = WorkflowState.READY
-        locked.updated_at = now
-        locked.next_step_name = execution.step_name
-        enqueue_outbox(session, locked, execution, max(execution.scheduled_for, now), now=now)
-        _done(session, workflow, locked)
-        return
-    step_name = locked.next_step_name
-    if step_name is None:
-        raise InvalidStateError(f"cannot resume {_describe(locked)}: it has no next step")
-    _require_step(locked, step_name, "resume")
-    transitions.schedule_again(session, locked, step_name, timedelta(0), now)
-    _done(session, workflow, locked)
+    act(workflow, OperatorAction.RESUME)
 
 
 def skip_step(workflow: Any) -> None:
     """Skip the pending step of a ready or paused workflow and schedule the next one."""
-    session, locked = _lock(workflow, "skip", (WorkflowState.READY, WorkflowState.PAUSED))
-    now = utcnow()
-    execution = _scheduled_execution(session, locked)
-    step_name = execution.step_name if execution is not None else locked.next_step_name
-    if step_name is None:
-        raise InvalidStateError(f"cannot skip {_describe(locked)}: it has no pending step")
-    _require_step(locked, step_name, "skip")
-    if execution is not None:
-        transitions.end_execution(execution, StepState.SKIPPED, StepOutcome.SKIPPED, now)
-        transitions.withdraw(session, locked, execution)
-        session.flush()
-    else:
-        transitions.add_ended_execution(
-            session, locked, step_name, StepState.SKIPPED, StepOutcome.SKIPPED, now
-        )
-    locked.previous_step_name = step_name
-    transitions.advance(session, locked, type(locked)._geneva_definition, step_name, now)
-    _done(session, workflow, locked)
+    act(workflow, OperatorAction.SKIP)
 
 
 def _require_step(workflow: Any, step_name: str, action: str) -> None:

@@ -1,6 +1,6 @@
 """The fast path: publishing a session's step messages once its transaction has committed.
 
-:func:`flask_geneva.scheduling.announce` remembers each message on the session that wrote
+:meth:`flask_geneva.store.Store.announce` remembers each message on the session that wrote
 its outbox row; listeners on that session publish the messages due at once right after
 the outermost transaction commits, and forget them when it rolls back or is closed
 without a commit. A savepoint (``begin_nested()``) publishes nothing when it is released:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 
 from flask_geneva.executor import EARLY_WAIT_MAX
-from flask_geneva.scheduling import NOTIFY_CHANNEL
+from flask_geneva.store.postgresql import NOTIFY_CHANNEL
 from flask_geneva.timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:

@@ -16,11 +16,12 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 
-from flask_geneva import transitions
+from flask_geneva import machine
 from flask_geneva.errors import InvalidStateError
 from flask_geneva.executor import execute_step
-from flask_geneva.scheduling import lock_execution, lock_workflow, schedule_step
+from flask_geneva.runs import message_options
 from flask_geneva.states import FINAL_STATES, StepOutcome, StepState, WorkflowState
+from flask_geneva.store import Target, store_for
 from flask_geneva.timeutil import utcnow
 
 __all__ = ["perform_next_step", "perform_step", "speedrun_workflow"]
@@ -83,8 +84,8 @@ def perform_step(workflow: Any, step_name: str) -> Any:
         )
     session = _session(workflow)
     session.commit()
-    geneva = workflow._geneva
-    locked = lock_workflow(session, geneva.Workflow, workflow.id)
+    store = store_for(workflow._geneva, session)
+    locked = store.lock_workflow(session, workflow.id)
     if locked.state not in (WorkflowState.READY, WorkflowState.PAUSED):
         session.rollback()
         raise InvalidStateError(
@@ -92,16 +93,22 @@ def perform_step(workflow: Any, step_name: str) -> Any:
             f"perform_step() needs a ready or paused workflow"
         )
     now = utcnow()
-    scheduled_id = _scheduled_id(session, locked)
-    if scheduled_id is not None:
-        execution = lock_execution(session, geneva.StepExecution, scheduled_id)
-        transitions.end_execution(execution, StepState.CANCELED, StepOutcome.CANCELED, now)
-        transitions.withdraw(session, locked, execution)
-        session.flush()
-    locked.state = WorkflowState.READY
-    execution = schedule_step(session, locked, step_name, now, now=now)
+    kept = store.scheduled_execution(session, locked.id)
+    # What is scheduled is canceled, and the workflow goes on with step_name, now.
+    replaced = machine.Transition(
+        machine.Move.REPEAT, StepState.CANCELED, StepOutcome.CANCELED, reason="perform_step()"
+    )
+    applied = store.apply(
+        session,
+        Target(locked.id, kept.id if kept is not None else None, step_name,
+               locked.execution_count or 0),
+        machine.plan(replaced if kept is not None else machine.Transition(machine.Move.REPEAT),
+                     step_name, None),
+        now,
+        options=message_options(type(locked)),
+    )  # fmt: skip
     session.commit()
-    execution_id = execution.id
+    execution_id = applied.new_execution_id
     try:
         _run_like_a_worker(workflow, execution_id)
     finally:

@@ -13,7 +13,6 @@ import contextvars
 import logging
 import os
 import threading
-import time
 import uuid
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,9 +33,6 @@ logger = logging.getLogger("flask_geneva")
 STEP_ACTOR_NAME: Final = "geneva_step"
 #: The name of the housekeeping actor.
 HOUSEKEEPING_ACTOR_NAME: Final = "geneva_housekeeping"
-#: A worker runs a workflow's due-at-once steps one after the other in one message for at
-#: most this long; then it publishes the next one and lets the broker hand it out.
-INLINE_STEPS_MAX_SECONDS: Final = 5.0
 #: How long idle embedded worker threads wait for a message before looking again (ms).
 EMBEDDED_WORKER_TIMEOUT_MS: Final = 100
 
@@ -179,58 +175,19 @@ class GenevaState:
         )
 
     def _perform_step(self, execution_id: Any) -> None:
-        """Run a step message; then, up to ``GENEVA_INLINE_STEPS`` times and for at most
-        ``INLINE_STEPS_MAX_SECONDS``, the workflow's next step when it is due at once (no
-        broker round trip for it). Each step runs in an app context of its own.
-
-        A next step claimed in the finalize of the one before is given back (scheduled
-        again and published) if anything interrupts the run before it starts.
-        """
-        from flask_geneva.executor import execute_step, give_back, run_claimed
+        """Run a step message, and the workflow's next steps inline when they are due at
+        once (:mod:`flask_geneva.inline`)."""
+        from flask_geneva.inline import run_message
 
         message = current_message.get()
-        message_id = message.message_id if message is not None else None
-        budget = self.config.inline_steps
-        deadline = time.monotonic() + INLINE_STEPS_MAX_SECONDS
-        claimed: Any = None  # claimed for this thread, not yet handed to run_claimed
-        try:
-            with self.app.app_context():
-                result = execute_step(
-                    self.geneva,
-                    execution_id,
-                    message_id=message_id,
-                    inline_next=budget > 0,
-                    inline_deadline=deadline,
-                )
-                claimed = result.claimed_next if result is not None else None
-            while result is not None and budget > 0:
-                budget -= 1
-                if claimed is None and result.continue_with is None:
-                    return
-                self._restart_time_limit(message)
-                with self.app.app_context():
-                    if claimed is not None:
-                        taken, claimed = claimed, None  # run_claimed answers for it now
-                        result = run_claimed(
-                            self.geneva,
-                            taken,
-                            inline_next=budget > 0,
-                            inline_deadline=deadline,
-                        )
-                    else:
-                        result = execute_step(
-                            self.geneva,
-                            result.continue_with,
-                            message_id=message_id,
-                            inline_next=budget > 0,
-                            inline_deadline=deadline,
-                        )
-                    claimed = result.claimed_next if result is not None else None
-        except BaseException:
-            if claimed is not None:
-                with self.app.app_context():
-                    give_back(self.geneva, claimed)
-            raise
+        run_message(
+            self.app,
+            self.geneva,
+            execution_id,
+            message_id=message.message_id if message is not None else None,
+            budget=self.config.inline_steps,
+            before_next=lambda: self._restart_time_limit(message),
+        )
 
     def _restart_time_limit(self, message: dramatiq.MessageProxy | None) -> None:
         """Give the next step of an inline run the whole time limit a step run from its
@@ -248,11 +205,12 @@ class GenevaState:
     def warm_up(self) -> None:
         """Compile the step hot path's statements now rather than in the first steps;
         a database that is not there yet is no reason to fail the worker's boot."""
-        from flask_geneva.statements import hot_path
+        from flask_geneva.store import store_for
 
         try:
             with self.app.app_context():
-                hot_path(self.geneva).warm_up(self.geneva.db.session)
+                session = self.geneva.db.session
+                store_for(self.geneva, session).warm_up(session)
         except Exception:
             logger.debug("could not warm up the step statements", exc_info=True)
 

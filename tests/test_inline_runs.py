@@ -22,7 +22,7 @@ from flask import Flask
 from flask_geneva import signals, step
 from flask_geneva.executor import StepResult, execute_step, run_claimed
 from flask_geneva.housekeeping import run_housekeeping
-from flask_geneva.statements import hot_path
+from flask_geneva.store import MessageOptions, store_for
 from flask_geneva.timeutil import utcnow
 from tests.helpers import executions, history, note_texts, outbox_rows
 from tests.models import Note, User, db, geneva
@@ -628,9 +628,8 @@ def test_a_claim_is_given_back_only_for_its_own_workflow(app: Flask, user: Any) 
     claimed_id = claimed.subject.execution_id
     other = Conditional.create()
     db.session.commit()
-    statements = hot_path(geneva)
-    options: dict[str, Any] = {"now": utcnow(), "queue_name": "geneva", "priority": 0}
-    options["time_limit_ms"] = None
+    statements = store_for(geneva, db.session)
+    options: dict[str, Any] = {"now": utcnow(), "options": MessageOptions("geneva")}
 
     assert not statements.give_back(db.session, claimed_id, other.id, **options)
     db.session.commit()

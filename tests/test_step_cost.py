@@ -89,7 +89,7 @@ def test_a_step_of_an_inline_run_costs_one_commit(app, user, engine_events):
 def test_warming_up_the_hot_path_writes_nothing(app, user):
     """A worker compiles the hot path's statements at boot by running them on ids that
     match nothing; the workflows there are untouched."""
-    from flask_geneva.statements import hot_path
+    from flask_geneva.store import store_for
 
     wf = PlainStepsWorkflow.create(hero=user)
     db.session.commit()
@@ -105,7 +105,7 @@ def test_warming_up_the_hot_path_writes_nothing(app, user):
     before = snapshot()
     db.session.remove()
     with app.app_context():
-        hot_path(geneva).warm_up(db.session)
+        store_for(geneva, db.session).warm_up(db.session)
     db.session.remove()
     assert snapshot() == before
     assert db.session.get(geneva.Workflow, workflow_id).state == "ready"

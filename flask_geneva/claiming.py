@@ -1,0 +1,273 @@
+"""The claim: lock, check, evaluate the preconditions, mark in progress; one transaction.
+
+Lock the workflow row, then the execution row; check that the execution is still
+``scheduled``, the workflow ``ready`` and the step due; evaluate the preconditions
+(deleted hero, every ``cancel_if``, then ``skip_if``/``only_if``); mark the execution
+``in_progress`` and the workflow ``performing``; remove the outbox row; commit. A
+precondition that ends the execution is applied in this same transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from flask_geneva import machine, signals
+from flask_geneva.dsl import StepDefinition, WorkflowDefinition, evaluate_condition
+from flask_geneva.errors import StepNotDefinedError, WorkflowClassNotFoundError
+from flask_geneva.flow import CancelSignal, FlowControlSignal, SkipSignal
+from flask_geneva.logs import logger, workflow_logger
+from flask_geneva.machine import Verdict
+from flask_geneva.policies import resolve_policy
+from flask_geneva.runs import (
+    STEP_FAILURES,
+    Claim,
+    StepResult,
+    Subject,
+    following,
+    message_options,
+    send,
+)
+from flask_geneva.states import StepState, WorkflowState
+from flask_geneva.store import Store, Target
+from flask_geneva.timeutil import utcnow
+
+#: A message may run its execution this much before ``scheduled_for`` (clock skew between
+#: the relay's machine and the worker's).
+EARLY_TOLERANCE: Final = timedelta(seconds=1)
+#: A message that arrives at most this much before ``scheduled_for`` waits for it: the
+#: relay publishes a waited step a little ahead (``Relay.lead``) so that the broker hop
+#: and the consumer's poll are over by its due time, and the step starts on time.
+EARLY_WAIT_MAX: Final = timedelta(milliseconds=250)
+#: Where rows can be locked one by one (PostgreSQL), a waited step locks (and loads) its
+#: rows this much before its due time, then checks its preconditions and writes the
+#: claim at the due time: the lock's round trip is over by then. (SQLite locks the whole
+#: database, so there the step locks at its due time.)
+PRELOCK: Final = timedelta(milliseconds=5)
+
+
+def claim(
+    session: Session,
+    store: Store,
+    key: Any,
+    message_id: str | None,
+    ignore_schedule: bool,
+    started: float,
+    *,
+    early_tolerance: timedelta,
+    early_wait_max: timedelta,
+    prelock: timedelta,
+    waited: bool = False,
+) -> Claim | StepResult | None:
+    """Claim execution ``key``: a :class:`Claim` to run, a :class:`StepResult` when a
+    precondition ended it, or None when there is nothing to run."""
+    locked = store.lock_objects(session, key)
+    if locked is None:
+        session.rollback()
+        logger.info("step execution %s does not exist; nothing to run", key)
+        return None
+    workflow, execution = locked
+    log = workflow_logger(workflow, execution)
+    if execution.state != StepState.SCHEDULED:
+        session.rollback()
+        log.info("execution %s is already %s; nothing to run", key, execution.state)
+        return None
+    if workflow.state != WorkflowState.READY:
+        session.rollback()
+        log.info("workflow is %s; execution %s stays scheduled", workflow.state, key)
+        return None
+    now = utcnow()
+    if not ignore_schedule and execution.scheduled_for > now + early_tolerance:
+        session.rollback()
+        log.info("execution %s is not due until %s", key, execution.scheduled_for)
+        return None
+    # A step due at once never waits.
+    if not ignore_schedule and execution.scheduled_for > execution.created_at:
+        early = execution.scheduled_for - now
+        lead = prelock if store.row_locks else timedelta(0)
+        if not waited and lead < early <= early_wait_max:
+            # Published ahead of its due time: wait for it without holding the locks.
+            session.rollback()
+            time.sleep((early - lead).total_seconds())
+            return claim(
+                session, store, key, message_id, ignore_schedule, started,
+                early_tolerance=early_tolerance, early_wait_max=early_wait_max,
+                prelock=prelock, waited=True,
+            )  # fmt: skip
+        if lead:
+            # Locked just ahead of the due time: the rest (checks, claim) comes at it.
+            now = _wait_until_due(execution.scheduled_for, lead, now)
+
+    cls = type(workflow)
+    subject = Subject(
+        sender=cls,
+        workflow_id=workflow.id,
+        workflow_class=cls.__name__ if cls.is_defined() else workflow.workflow_class,
+        execution_id=execution.id,
+        step_name=execution.step_name,
+    )
+    step, problem = _step_of(workflow, execution)
+    if step is None:
+        assert problem is not None
+        _end_unclaimed(session, store, workflow, execution, machine.step_missing(), now,
+                       message_id, problem)
+        session.commit()
+        log.error("%s", problem)
+        send(signals.precondition_checked, subject, "exception", problem, started)
+        return StepResult(subject.execution_id, subject.step_name, "exception", problem)
+
+    definition = cls._geneva_definition
+    workflow.__dict__["_geneva_running"] = execution
+    try:
+        verdict, error = check_preconditions(workflow, step, definition)
+    finally:
+        workflow.__dict__.pop("_geneva_running", None)
+    policy = None
+    if verdict == Verdict.EXCEPTION:
+        assert error is not None
+        policy = resolve_policy(step.on_exception, definition.class_policies, error)
+    if verdict == Verdict.PASSED or (policy is not None and policy.handler is not None):
+        mark_in_progress(session, store, workflow, execution, step.name, now, message_id)
+        commit_keeping_objects(session)
+        if verdict == Verdict.PASSED:
+            send(signals.precondition_checked, subject, "passed", None, started)
+        return Claim(workflow, execution, step, definition, subject, precondition_error=error)
+
+    if verdict == Verdict.EXCEPTION:
+        assert policy is not None and error is not None
+        from flask_geneva.finalizing import prior_reattempts
+
+        transition = machine.after_failure(
+            policy, prior_reattempts=prior_reattempts(session, workflow, execution, step.name)
+        )
+    else:
+        decided = machine.after_precondition(verdict)
+        assert decided is not None
+        transition = decided
+    _end_unclaimed(session, store, workflow, execution, transition, now, message_id, error)
+    session.commit()
+    log.info("precondition ended execution %s: %s", subject.execution_id, verdict.value)
+    send(signals.precondition_checked, subject, verdict.value, error, started)
+    return StepResult(subject.execution_id, step.name, verdict.value, error)
+
+
+def _step_of(workflow: Any, execution: Any) -> tuple[StepDefinition | None, Exception | None]:
+    """The execution's step in the code, or the error that says why there is none."""
+    cls = type(workflow)
+    if not cls.is_defined():
+        return None, WorkflowClassNotFoundError(
+            f"workflow class {workflow.workflow_class!r} is not defined in this application; "
+            f"restore the class (or set workflow_name on its new name), then resume "
+            f"workflow #{workflow.id}, or cancel it"
+        )
+    step = cls._geneva_definition.get_step(execution.step_name)
+    if step is None:
+        return None, StepNotDefinedError(
+            f"step {execution.step_name!r} is not defined in {cls.__name__} "
+            f"(its steps: {', '.join(cls.step_names()) or 'none'}); restore the step and "
+            f"resume workflow #{workflow.id}, or cancel it"
+        )
+    return step, None
+
+
+def _end_unclaimed(
+    session: Session,
+    store: Store,
+    workflow: Any,
+    execution: Any,
+    transition: machine.Transition,
+    now: datetime,
+    message_id: str | None,
+    error: BaseException | None,
+) -> None:
+    """Apply a transition decided before the body ran (a precondition, a missing step)."""
+    cls = type(workflow)
+    after = None
+    if transition.move == machine.Move.ADVANCE:  # only an advance reads the step after
+        after = following(cls._geneva_definition, execution.step_name)
+    store.apply(
+        session,
+        Target(workflow.id, execution.id, execution.step_name, workflow.execution_count or 0),
+        machine.plan(transition, execution.step_name, after),
+        now,
+        options=message_options(cls),
+        error=error,
+        started=(now, message_id),
+    )
+
+
+def _wait_until_due(due: datetime, window: timedelta, now: datetime) -> datetime:
+    """Sleep, holding the step's locks, until ``due`` when it is at most ``window`` away
+    (a step locked just ahead of its due time); the time to claim at."""
+    early = due - utcnow()
+    if early > window:  # up to EARLY_TOLERANCE early by a skewed clock: at once
+        return now
+    if early > timedelta(0):
+        time.sleep(early.total_seconds())
+    return max(utcnow(), due)
+
+
+def mark_in_progress(
+    session: Session,
+    store: Store,
+    workflow: Any,
+    execution: Any,
+    step_name: str,
+    now: datetime,
+    message_id: str | None,
+) -> None:
+    """Write the claim, and give the loaded objects the same values as committed state,
+    so they stay current for the step body without being flushed again."""
+    store.claim(session, execution.id, workflow.id, step_name, now, message_id)
+    for target, values in (
+        (execution, {"state": StepState.IN_PROGRESS, "started_at": now, "message_id": message_id}),
+        (
+            workflow,
+            {"state": WorkflowState.PERFORMING, "current_step_name": step_name, "updated_at": now},
+        ),
+    ):
+        for key, value in values.items():
+            set_committed_value(target, key, value)
+
+
+def check_preconditions(
+    workflow: Any, step: StepDefinition, definition: WorkflowDefinition
+) -> tuple[Verdict, BaseException | None]:
+    """What the preconditions decide, and the exception when one raised."""
+    try:
+        workflow.__dict__.pop("_geneva_hero_cache", None)
+        if not type(workflow).may_proceed_without_hero and workflow.hero is None:
+            return Verdict.CANCELED, None
+        for condition in definition.cancel_conditions:
+            if evaluate_condition(condition, workflow):
+                return Verdict.CANCELED, None
+        if step.skip_if is not None and evaluate_condition(step.skip_if, workflow):
+            return Verdict.SKIPPED, None
+        if step.only_if is not None and not evaluate_condition(step.only_if, workflow):
+            return Verdict.SKIPPED, None
+    except CancelSignal:
+        return Verdict.CANCELED, None
+    except SkipSignal:
+        return Verdict.SKIPPED, None
+    except FlowControlSignal as signal:
+        return Verdict.EXCEPTION, RuntimeError(
+            f"{type(signal).__name__} cannot be used in a precondition; only cancel() and "
+            f"skip() can"
+        )
+    except STEP_FAILURES as error:
+        return Verdict.EXCEPTION, error
+    return Verdict.PASSED, None
+
+
+def commit_keeping_objects(session: Session) -> None:
+    """Commit without expiring the loaded workflow, hero and execution (the step uses them)."""
+    previous = session.expire_on_commit
+    session.expire_on_commit = False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = previous

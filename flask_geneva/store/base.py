@@ -1,0 +1,380 @@
+"""The store every dialect shares: prebuilt statements, written one at a time.
+
+Each public method writes rows its caller has locked (or locks them itself, as the
+finalize does) and leaves the commit to the caller. Rows that are scheduled get their
+outbox row in the same transaction, and their publication is arranged for after the
+commit (:mod:`flask_geneva.publishing`).
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from flask_geneva.machine import NO_WAIT, Move, Plan, after_body
+from flask_geneva.machine import plan as plan_for
+from flask_geneva.publishing import PendingMessage, published_marks, remember_for_commit
+from flask_geneva.states import StepState, WorkflowState
+from flask_geneva.store.statements import Statements
+from flask_geneva.timeutil import utcnow
+
+
+@dataclass(frozen=True)
+class MessageOptions:
+    """How a workflow's step messages are sent (``step_job_options``)."""
+
+    queue_name: str
+    priority: int = 0
+    time_limit_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """The rows a plan is applied to: the workflow, the execution that ends (None when
+    an operator's action records a new one for ``step_name``), and the workflow's
+    execution count as read under its lock."""
+
+    workflow_id: Any
+    execution_id: Any | None
+    step_name: str | None
+    execution_count: int
+
+
+@dataclass(frozen=True)
+class LockedStates:
+    """What a lock of an execution reads: its state, its workflow's execution count, and
+    whose execution it is."""
+
+    execution_state: str
+    execution_count: int
+    workflow_id: Any
+
+
+@dataclass
+class Applied:
+    """What applying a plan wrote."""
+
+    #: The id of the execution the plan scheduled (or claimed at once), if any.
+    new_execution_id: Any = None
+    #: The workflow's columns as written, by attribute name.
+    workflow_values: dict[str, Any] = field(default_factory=dict)
+    #: With ``claim_next``: the workflow's whole row as it now is (keyed by column).
+    workflow_row: Any = None
+
+
+def error_fields(error: BaseException | None) -> dict[str, Any]:
+    """The columns that keep a failed attempt's error class, message and backtrace."""
+    if error is None:
+        return {"error_class_name": None, "error_message": None, "error_backtrace": None}
+    error_type = type(error)
+    name = error_type.__qualname__
+    if error_type.__module__ not in ("builtins", "__main__"):
+        name = f"{error_type.__module__}.{name}"
+    return {
+        "error_class_name": name[:255],
+        "error_message": str(error),
+        "error_backtrace": "".join(
+            traceback.format_exception(error_type, error, error.__traceback__)
+        ),
+    }
+
+
+class Store:
+    """Writes workflow state for one :class:`~flask_geneva.Geneva` on one dialect."""
+
+    #: Whether the database locks single rows (a waited step can lock ahead of its time).
+    row_locks = True
+
+    def __init__(self, geneva: Any) -> None:
+        self.geneva = geneva
+        self.uuid_keys = bool(geneva.uuid_primary_keys)
+        self.sql = Statements(geneva)
+
+    # -- locks ---------------------------------------------------------------------------
+
+    def _take_write_lock(self, session: Session, execution_id: Any = None,
+                         workflow_id: Any = None) -> None:
+        """Hook for databases without row locks (SQLite); row locks need nothing here."""
+
+    def lock_workflow(self, session: Session, workflow_id: Any) -> Any:
+        """Lock one workflow row and load it fresh as an ORM object; None if missing."""
+        self._take_write_lock(session, workflow_id=workflow_id)
+        return session.scalars(
+            self.sql.lock_workflow, {"hp_workflow_id": workflow_id}
+        ).one_or_none()
+
+    def lock_objects(self, session: Session, execution_id: Any) -> tuple[Any, Any] | None:
+        """Lock an execution's workflow row, then the execution row (one statement; the
+        workflow first), loaded fresh as ORM objects; None if the execution is missing."""
+        self._take_write_lock(session, execution_id=execution_id)
+        row = session.execute(
+            self.sql.lock_objects, {"hp_execution_id": execution_id}
+        ).one_or_none()
+        return None if row is None else (row[0], row[1])
+
+    def lock_states(self, session: Session, execution_id: Any) -> LockedStates | None:
+        """Lock as :meth:`lock_objects` does, reading only the states."""
+        self._take_write_lock(session, execution_id=execution_id)
+        row = session.connection().execute(
+            self.sql.lock_states, {"hp_execution_id": execution_id}
+        ).one_or_none()
+        if row is None:
+            return None
+        return LockedStates(str(row[0]), int(row[1] or 0), row[2])
+
+    def scheduled_execution(self, session: Session, workflow_id: Any) -> Any:
+        """The workflow's scheduled execution, locked (after the workflow), or None."""
+        return session.scalars(
+            self.sql.lock_scheduled, {"hp_workflow_id": workflow_id}
+        ).first()
+
+    def contained(self, session: Session) -> AbstractContextManager[Any]:
+        """A scope in which a failing read leaves the transaction usable (nothing is
+        needed where a failed statement does not abort the transaction)."""
+        return nullcontext()
+
+    # -- the claim -----------------------------------------------------------------------
+
+    def claim(self, session: Session, execution_id: Any, workflow_id: Any, step_name: str,
+              now: datetime, message_id: str | None) -> None:
+        """Mark the execution in progress and the workflow performing; drop the outbox row."""
+        connection = session.connection()
+        params = self._claim_params(execution_id, workflow_id, step_name, now, message_id)
+        for statement in self.sql.claim_steps:
+            connection.execute(statement, params)
+
+    @staticmethod
+    def _claim_params(execution_id: Any, workflow_id: Any, step_name: str, now: datetime,
+                      message_id: str | None) -> dict[str, Any]:
+        return {
+            "hp_execution_id": execution_id, "hp_workflow_id": workflow_id,
+            "hp_step_name": step_name, "hp_now": now, "hp_message_id": message_id,
+        }  # fmt: skip
+
+    # -- applying a plan -----------------------------------------------------------------
+
+    def finalize(self, session: Session, target: Target, plan: Plan, now: datetime, *,
+                 options: MessageOptions, error: BaseException | None = None,
+                 claim_next: bool = False, message_id: str | None = None) -> Applied | None:
+        """Lock and apply the outcome of a step that ran: None, having written nothing,
+        when the execution is no longer in progress (housekeeping recovered it).
+
+        With ``claim_next`` a step the plan schedules at once is inserted already in
+        progress (the caller runs it now), the workflow staying performing.
+        """
+        locked = self.lock_states(session, target.execution_id)
+        if locked is None or locked.execution_state != StepState.IN_PROGRESS:
+            return None
+        target = Target(
+            target.workflow_id, target.execution_id, target.step_name, locked.execution_count
+        )
+        return self.apply(session, target, plan, now, options=options, error=error,
+                          claim_next=claim_next, message_id=message_id, withdraw=False)
+
+    def apply(self, session: Session, target: Target, plan: Plan, now: datetime, *,
+              options: MessageOptions, error: BaseException | None = None,
+              started: tuple[datetime, str | None] | None = None, withdraw: bool = True,
+              release_at: datetime | None = None, claim_next: bool = False,
+              message_id: str | None = None) -> Applied:
+        """Write ``plan`` for rows the caller has locked.
+
+        ``started`` marks an execution that ends without having run (a precondition
+        decided) with its start time and message; ``withdraw`` drops its outbox row;
+        ``release_at`` is when a kept execution runs again (:data:`Move.RELEASE`).
+        """
+        connection = session.connection()
+        transition = plan.transition
+        count = target.execution_count
+        applied = Applied()
+        if plan.ends_execution:
+            ended = {
+                "hp_state": transition.step_state, "hp_outcome": transition.outcome,
+                "hp_now": now, **_prefixed(error_fields(error if transition.records_error
+                                                        else None)),
+            }  # fmt: skip
+            if target.execution_id is None:
+                count += 1
+                connection.execute(self.sql.insert_ended, {
+                    **ended, "hp_workflow_id": target.workflow_id, "hp_sequence": count,
+                    "hp_next_step": target.step_name, **self._new_key(),
+                })  # fmt: skip
+            else:
+                started_at, started_by = started if started is not None else (None, None)
+                connection.execute(self.sql.end_execution, {
+                    **ended, "hp_execution_id": target.execution_id,
+                    "hp_started_at": started_at, "hp_message_id": started_by,
+                })  # fmt: skip
+                if withdraw:
+                    self.withdraw(session, target.execution_id)
+        if transition.move == Move.HOLD and target.execution_id is not None:
+            self.withdraw(session, target.execution_id)
+        if transition.move == Move.RELEASE and target.execution_id is not None:
+            available_at = max(release_at or now, now)
+            self.enqueue(session, target.execution_id, target.workflow_id, options,
+                         available_at, now)
+        values: dict[str, Any] = {
+            "state": plan.workflow_state, "current_step_name": None,
+            "next_step_name": plan.next_step, "updated_at": now,
+        }  # fmt: skip
+        if plan.previous_step is not None:
+            values["previous_step_name"] = plan.previous_step
+        if plan.stamps_transitioned_at:
+            values["transitioned_at"] = now
+        if plan.schedule is not None:
+            count += 1
+            run_at = now + plan.schedule_in
+            if claim_next and run_at <= now:
+                applied.new_execution_id = self._insert_started(
+                    connection, target.workflow_id, plan.schedule, count, now, message_id
+                )
+                values.update(state=WorkflowState.PERFORMING, current_step_name=plan.schedule)
+            else:
+                applied.new_execution_id = self.schedule(
+                    session, target.workflow_id, step_name=plan.schedule, sequence=count,
+                    run_at=run_at, now=now, options=options,
+                )
+        values["execution_count"] = count
+        statement = self.sql.update_workflow.values(
+            {key: sa.bindparam(f"hp_set_{key}") for key in values}
+        )
+        params = {f"hp_set_{key}": value for key, value in values.items()}
+        params["hp_workflow_id"] = target.workflow_id
+        if claim_next and applied.new_execution_id is not None:
+            applied.workflow_row = connection.execute(
+                statement.returning(*self.sql.workflow_columns), params
+            ).one()._mapping
+        else:
+            connection.execute(statement, params)
+        applied.workflow_values = values
+        return applied
+
+    def _insert_started(self, connection: sa.Connection, workflow_id: Any, step_name: str,
+                        sequence: int, now: datetime, message_id: str | None) -> Any:
+        params = {
+            "hp_workflow_id": workflow_id, "hp_next_step": step_name, "hp_sequence": sequence,
+            "hp_run_at": now, "hp_now": now, "hp_message_id": message_id, **self._new_key(),
+        }  # fmt: skip
+        inserted = connection.execute(self.sql.insert_started, params)
+        return params["hp_new_id"] if self.uuid_keys else _inserted_key(inserted)
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def schedule(self, session: Session, workflow_id: Any, *, step_name: str, sequence: int,
+                 run_at: datetime, now: datetime, options: MessageOptions) -> Any:
+        """Add a ``scheduled`` execution of ``step_name`` and its outbox row, to be
+        published after the commit (the workflow row is the caller's to update).
+        Returns the new execution's id."""
+        params = self._scheduling_params(workflow_id, step_name, run_at, now, options)
+        params["hp_sequence"] = sequence
+        new_id = self._insert_scheduled(session, params)
+        self.announce(session, new_id, workflow_id, options, run_at, now)
+        return new_id
+
+    def _insert_scheduled(self, session: Session, params: dict[str, Any]) -> Any:
+        """Insert the execution, then its outbox row; the new id."""
+        connection = session.connection()
+        inserted = connection.execute(self.sql.insert_execution, params)
+        if not self.uuid_keys:
+            params["hp_new_id"] = _inserted_key(inserted)
+        connection.execute(self.sql.insert_outbox, params)
+        return params["hp_new_id"]
+
+    def enqueue(self, session: Session, execution_id: Any, workflow_id: Any,
+                options: MessageOptions, available_at: datetime, now: datetime) -> None:
+        """Write an outbox row for an execution that is already scheduled."""
+        params = self._scheduling_params(workflow_id, "", available_at, now, options)
+        params["hp_execution_id"] = execution_id
+        session.connection().execute(self.sql.requeue, params)
+        self.announce(session, execution_id, workflow_id, options, available_at, now)
+
+    def withdraw(self, session: Session, execution_id: Any) -> None:
+        """Take an execution's message out of the outbox."""
+        session.connection().execute(self.sql.withdraw, {"hp_execution_id": execution_id})
+
+    def announce(self, session: Session, execution_id: Any, workflow_id: Any,
+                 options: MessageOptions, available_at: datetime, now: datetime) -> None:
+        """Arrange the publication of an outbox row this session wrote: at once after
+        the commit when it is due, else by a relay."""
+        from flask import current_app
+
+        state = current_app.extensions["geneva"]
+        remember_for_commit(session, PendingMessage(
+            state, execution_id, options.queue_name, options.priority, options.time_limit_ms,
+            available_at, now, workflow_id,
+        ))  # fmt: skip
+        if available_at > now:
+            self._wake_relays(session, available_at)
+
+    def _wake_relays(self, session: Session, available_at: datetime) -> None:
+        """Hook: tell waiting relays a new due time comes (PostgreSQL's NOTIFY)."""
+
+    def _scheduling_params(self, workflow_id: Any, step_name: str, run_at: datetime,
+                           now: datetime, options: MessageOptions) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "hp_workflow_id": workflow_id, "hp_next_step": step_name, "hp_run_at": run_at,
+            "hp_now": now, "hp_queue_name": options.queue_name,
+            "hp_priority": options.priority, "hp_time_limit_ms": options.time_limit_ms,
+            **self._new_key(),
+        }  # fmt: skip
+        params["hp_published_at"], params["hp_publish_count"] = published_marks(run_at, now)
+        return params
+
+    def _new_key(self) -> dict[str, Any]:
+        return {"hp_new_id": uuid.uuid4()} if self.uuid_keys else {}
+
+    # -- giving a claim back -------------------------------------------------------------
+
+    def give_back(self, session: Session, execution_id: Any, workflow_id: Any, *,
+                  now: datetime, options: MessageOptions) -> bool:
+        """Undo the claim of an execution whose body never started: ``scheduled`` again
+        (due now), with an outbox row, the workflow ``ready``. False, having written
+        nothing, when it is no longer in progress, or is not ``workflow_id``'s (the
+        claim's commit failed and SQLite gave its id to another workflow's execution)."""
+        locked = self.lock_states(session, execution_id)
+        if locked is None or locked.execution_state != StepState.IN_PROGRESS:
+            return False
+        if locked.workflow_id != workflow_id:
+            return False
+        connection = session.connection()
+        params = {"hp_execution_id": execution_id, "hp_workflow_id": workflow_id, "hp_now": now}
+        connection.execute(self.sql.unclaim, params)
+        connection.execute(self.sql.ready_again, params)
+        self.enqueue(session, execution_id, workflow_id, options, now, now)
+        return True
+
+    # -- warming up ----------------------------------------------------------------------
+
+    def warm_up(self, session: Session) -> None:
+        """Run the hot statements once on ids that match nothing, then roll back, so that
+        a worker's first steps do not pay for compiling them (several ms each)."""
+        nothing = uuid.UUID(int=0) if self.uuid_keys else -1
+        now = utcnow()
+        target = Target(nothing, nothing, "", 0)
+        options = MessageOptions("")
+        returned = after_body(None)
+        try:
+            self.lock_objects(session, nothing)
+            self.claim(session, nothing, nothing, "", now, None)
+            for following, claim_next in ((None, False), (("", NO_WAIT), False),
+                                          (("", NO_WAIT), True)):
+                self.finalize(session, target, plan_for(returned, "", following), now,
+                              options=options, claim_next=claim_next)
+        finally:
+            session.rollback()
+
+
+def _prefixed(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"hp_{key}": value for key, value in values.items()}
+
+
+def _inserted_key(result: Any) -> Any:
+    key = result.inserted_primary_key
+    assert key is not None
+    return key[0]

@@ -1,0 +1,198 @@
+"""The PostgreSQL store: the hot writes in one round trip each.
+
+A worker claims and finishes steps all day long. On PostgreSQL the writes of one phase
+go out as **one** statement: data-modifying CTEs (``WITH started AS (UPDATE ...),
+withdrawn AS (DELETE ...) UPDATE ...``). Each CTE that must follow another reads from it,
+which fixes the order PostgreSQL runs them in (the next execution is inserted only after
+the finished one has left the one-active index). The finalize's CTEs include the lock:
+``locked`` takes the workflow's row, then the execution's, and finds nothing when the
+execution is no longer in progress, so nothing is written and no row comes back.
+
+Rarer outcomes (failures, flow-control calls, operator actions, recoveries) use the
+shared statements one at a time (:class:`~flask_geneva.store.base.Store`).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from flask_geneva.machine import Move, Plan
+from flask_geneva.states import StepOutcome, StepState, WorkflowState
+from flask_geneva.store.base import Applied, MessageOptions, Store, Target
+from flask_geneva.store.statements import Statements, insert_after, labelled, param
+
+#: The PostgreSQL NOTIFY channel that wakes relays when a later step is scheduled.
+NOTIFY_CHANNEL: Final = "geneva_outbox"
+
+
+class PostgresStore(Store):
+    """Writes the claim, a returned step's finalize and a first step in one statement."""
+
+    def __init__(self, geneva: Any) -> None:
+        super().__init__(geneva)
+        self.combined = _CombinedStatements(self.sql)
+
+    def claim(self, session: Session, execution_id: Any, workflow_id: Any, step_name: str,
+              now: datetime, message_id: str | None) -> None:
+        params = self._claim_params(execution_id, workflow_id, step_name, now, message_id)
+        session.connection().execute(self.combined.claim, params)
+
+    def finalize(self, session: Session, target: Target, plan: Plan, now: datetime, *,
+                 options: MessageOptions, error: BaseException | None = None,
+                 claim_next: bool = False, message_id: str | None = None) -> Applied | None:
+        transition = plan.transition
+        returned = (
+            transition.move == Move.ADVANCE
+            and transition.step_state == StepState.COMPLETED
+            and transition.outcome == StepOutcome.SUCCESS
+            and error is None
+        )
+        if not returned:
+            return super().finalize(session, target, plan, now, options=options, error=error,
+                                    claim_next=claim_next, message_id=message_id)
+        connection = session.connection()
+        params: dict[str, Any] = {
+            "hp_execution_id": target.execution_id, "hp_workflow_id": target.workflow_id,
+            "hp_step_name": target.step_name, "hp_now": now,
+        }  # fmt: skip
+        if plan.schedule is None:
+            row = connection.execute(self.combined.complete_and_finish, params).first()
+            return None if row is None else Applied()
+        if claim_next and not plan.schedule_in:
+            params.update(
+                hp_next_step=plan.schedule, hp_run_at=now, hp_message_id=message_id,
+                **self._new_key(),
+            )
+            row = connection.execute(self.combined.complete_and_continue, params).first()
+            if row is None:
+                return None
+            return Applied(params.get("hp_new_id", row[0]), workflow_row=row._mapping)
+        run_at = now + plan.schedule_in
+        params.update(self._scheduling_params(
+            target.workflow_id, plan.schedule, run_at, now, options
+        ))  # fmt: skip
+        row = connection.execute(self.combined.complete_and_advance, params).first()
+        if row is None:
+            return None
+        new_id = params.get("hp_new_id", row[0])
+        self.announce(session, new_id, target.workflow_id, options, run_at, now)
+        return Applied(new_id)
+
+    def contained(self, session: Session) -> AbstractContextManager[Any]:
+        # A failed query aborts a PostgreSQL transaction: only the savepoint's part is
+        # undone, and what the transaction wrote before stays.
+        return session.begin_nested()
+
+    def _insert_scheduled(self, session: Session, params: dict[str, Any]) -> Any:
+        new_id = session.connection().execute(self.combined.schedule, params).scalar_one()
+        return params.get("hp_new_id", new_id)
+
+    def _wake_relays(self, session: Session, available_at: datetime) -> None:
+        # Delivered at commit, and only then: relays listening wake for the new due time.
+        session.execute(
+            sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(available_at.timestamp())))
+        )
+
+
+
+class _CombinedStatements:
+    """PostgreSQL's one-statement forms of the hot writes."""
+
+    def __init__(self, sql: Statements) -> None:
+        workflows, executions, outbox = sql.workflows, sql.executions, sql.outbox
+        now, workflow_id = sql.now, sql.workflow_id
+        self.claim = sql.perform_workflow.add_cte(
+            sql.start_execution.returning(executions.c.id).cte("started"),
+            sql.withdraw.returning(outbox.c.id).cte("withdrawn"),
+        )
+        step_name = param("hp_step_name", workflows.c.previous_step_name.type)
+        locked = (
+            sa.select(
+                executions.c.id.label("id"),
+                (workflows.c.execution_count + 1).label("sequence"),
+            )
+            .select_from(workflows.join(executions, executions.c.workflow_id == workflows.c.id))
+            .where(executions.c.id == sql.execution_id, executions.c.state == sql.in_progress)
+            .with_for_update()
+            .cte("locked")
+        )
+        completed = (
+            sa.update(executions)
+            .where(executions.c.id == sa.select(locked.c.id).scalar_subquery())
+            .values(state=StepState.COMPLETED, outcome=StepOutcome.SUCCESS, finished_at=now)
+            .returning(executions.c.id)
+            .cte("completed")
+        )
+        went_through = sa.exists(sa.select(completed.c.id))
+        finish = (
+            sa.update(workflows)
+            .where(workflows.c.id == workflow_id)
+            .values(
+                state=WorkflowState.FINISHED, current_step_name=None, next_step_name=None,
+                previous_step_name=step_name, updated_at=now, transitioned_at=now,
+            )
+        )  # fmt: skip
+        self.complete_and_finish = (
+            finish.where(went_through).add_cte(locked, completed).returning(workflows.c.id)
+        )
+        scheduled_values = dict(sql.execution_values)
+        scheduled_values["sequence"] = sa.select(locked.c.sequence).scalar_subquery()
+        inserted = insert_after(executions, scheduled_values, completed, "scheduled")
+        queued = (
+            sa.insert(outbox)
+            .from_select(
+                ["execution_id", *sql.outbox_values],
+                sa.select(
+                    inserted.c.id, *(labelled(k, v) for k, v in sql.outbox_values.items())
+                ).select_from(inserted),
+            )
+            .returning(outbox.c.id)
+            .cte("queued")
+        )
+        advance = (
+            sa.update(workflows)
+            .where(workflows.c.id == workflow_id, went_through)
+            .values(
+                state=WorkflowState.READY, current_step_name=None, next_step_name=sql.next_step,
+                previous_step_name=step_name, execution_count=workflows.c.execution_count + 1,
+                updated_at=now,
+            )
+        )  # fmt: skip
+        self.complete_and_advance = advance.add_cte(locked, completed, inserted, queued).returning(
+            sa.select(inserted.c.id).scalar_subquery()
+        )
+        started = insert_after(
+            executions, {**scheduled_values, **sql.started_values}, completed, "started"
+        )
+        carry_on = (
+            sa.update(workflows)
+            .where(workflows.c.id == workflow_id, went_through)
+            .values(
+                state=WorkflowState.PERFORMING, current_step_name=sql.next_step,
+                next_step_name=sql.next_step, previous_step_name=step_name,
+                execution_count=workflows.c.execution_count + 1, updated_at=now,
+            )
+        )  # fmt: skip
+        self.complete_and_continue = carry_on.add_cte(locked, completed, started).returning(
+            sa.select(started.c.id).scalar_subquery().label("hp_started_id"),
+            *sql.workflow_columns,
+        )
+        first = (
+            sa.insert(executions)
+            .values(sql.execution_values)
+            .returning(executions.c.id)
+            .cte("scheduled")
+        )
+        self.schedule = (
+            sa.insert(outbox)
+            .from_select(
+                ["execution_id", *sql.outbox_values],
+                sa.select(first.c.id, *(labelled(k, v) for k, v in sql.outbox_values.items())),
+            )
+            .returning(outbox.c.execution_id)
+        )
