@@ -65,7 +65,7 @@ def claim(
 ) -> Claim | StepResult | None:
     """Claim execution ``key``: a :class:`Claim` to run, a :class:`StepResult` when a
     precondition ended it, or None when there is nothing to run."""
-    locked = store.lock_objects(session, key)
+    locked = store.lock_for_claim(session, key)
     if locked is None:
         session.rollback()
         logger.info("step execution %s does not exist; nothing to run", key)
@@ -239,7 +239,7 @@ def check_preconditions(
 ) -> tuple[Verdict, BaseException | None]:
     """What the preconditions decide, and the exception when one raised."""
     try:
-        workflow.__dict__.pop("_geneva_hero_cache", None)
+        # The claim's lock cleared a hero loaded before (or loaded it fresh itself).
         if not type(workflow).may_proceed_without_hero and workflow.hero is None:
             return Verdict.CANCELED, None
         for condition in definition.cancel_conditions:

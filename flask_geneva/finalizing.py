@@ -126,10 +126,12 @@ def _lock_and_check_hero(
     model = type(workflow)
     if model.may_proceed_without_hero:
         return True
-    locked = store.lock_states(session, execution_id)
-    if locked is None or locked.execution_state != StepState.IN_PROGRESS:
+    # The lock loads the hero too when it can (as the claim's does).
+    locked = store.lock_for_claim(session, execution_id)
+    if locked is None or locked[1].state != StepState.IN_PROGRESS:
         return None
-    workflow.__dict__.pop("_geneva_hero_cache", None)
+    if "_geneva_hero_cache" in workflow.__dict__:
+        return workflow.hero is not None
     try:
         with store.contained(session):
             return workflow.hero is not None

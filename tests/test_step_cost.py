@@ -109,3 +109,46 @@ def test_warming_up_the_hot_path_writes_nothing(app, user):
     db.session.remove()
     assert snapshot() == before
     assert db.session.get(geneva.Workflow, workflow_id).state == "ready"
+
+
+@pytest.mark.postgresql_only
+def test_the_claim_loads_the_hero_with_its_lock(app, user, engine_events):
+    """On PostgreSQL a step of a workflow with a hero costs three statements: the lock
+    (which loads the workflow, the execution and the hero in one ``SELECT``), the claim
+    and the finalize; no ``SELECT`` of the hero of its own. The first claim of a hero
+    class loads it separately and teaches the store which class to join."""
+    wf = PlainStepsWorkflow.create(hero=user)
+    db.session.commit()
+    workflow_id = wf.id
+    counts = []
+    for _ in range(3):
+        execution_id = scheduled_execution(db.session.get(geneva.Workflow, workflow_id)).id
+        db.session.remove()
+        engine_events.clear()
+        with app.app_context():
+            result = execute_step(geneva, execution_id)
+        assert result is not None and result.exception is None
+        counts.append(len(engine_events) - engine_events.count("COMMIT"))
+    assert counts[1:] == [3, 3], engine_events
+    assert db.session.get(geneva.Workflow, workflow_id).state == "finished"
+
+
+def test_a_deleted_hero_found_by_the_claims_lock_cancels(app, user):
+    """The hero the lock loads is fresh: deleted after the step before, it cancels the
+    workflow at the next claim (the joined row is missing)."""
+    wf = PlainStepsWorkflow.create(hero=user)
+    db.session.commit()
+    workflow_id = wf.id
+    execution_id = scheduled_execution(wf).id
+    db.session.remove()
+    with app.app_context():
+        execute_step(geneva, execution_id)  # teaches the store the hero's class
+    workflow = db.session.get(geneva.Workflow, workflow_id)
+    next_id = scheduled_execution(workflow).id
+    db.session.delete(workflow.hero)
+    db.session.commit()
+    db.session.remove()
+    with app.app_context():
+        result = execute_step(geneva, next_id)
+    assert result is not None and result.outcome == "canceled"
+    assert db.session.get(geneva.Workflow, workflow_id).state == "canceled"

@@ -31,6 +31,7 @@ class Statements:
         self.executions = executions = execution_model.__table__
         self.outbox = outbox = geneva.OutboxMessage.__table__
         self.uuid_keys = bool(geneva.uuid_primary_keys)
+        self._hero_locks: dict[type, Any] = {}
         key_type = executions.c.id.type
         execution_id = param("hp_execution_id", key_type)
         workflow_id = param("hp_workflow_id", key_type)
@@ -187,6 +188,36 @@ class Statements:
             .where(workflows.c.id == workflow_id)
             .values(state=WorkflowState.READY, current_step_name=None, updated_at=now)
         )
+
+    def can_join_hero(self, hero_class: type) -> bool:
+        """Whether :meth:`lock_with_hero` can join ``hero_class``: a single integer key
+        (``hero_id`` holds it as text, which casts back exactly)."""
+        key: Any = sa.inspect(hero_class).primary_key
+        return len(key) == 1 and isinstance(key[0].type, sa.Integer)
+
+    def lock_with_hero(self, hero_class: type) -> Any:
+        """:attr:`lock_objects` with ``hero_class``'s row outer-joined (and not locked)."""
+        statement = self._hero_locks.get(hero_class)
+        if statement is None:
+            workflow_model = self.lock_objects.column_descriptions[0]["entity"]
+            execution_model = self.lock_objects.column_descriptions[1]["entity"]
+            key: Any = sa.inspect(hero_class).primary_key[0]
+            workflows = self.workflows
+            hero_id = sa.case(
+                (workflows.c.hero_type == hero_class.__name__, workflows.c.hero_id),
+                else_=None,
+            )
+            statement = (
+                sa.select(workflow_model, execution_model, hero_class)
+                .select_from(workflow_model)
+                .join(execution_model, execution_model.workflow_id == workflow_model.id)
+                .outerjoin(hero_class, key == sa.cast(hero_id, key.type))
+                .where(execution_model.id == self.execution_id)
+                .with_for_update(of=[workflows, self.executions])
+                .execution_options(populate_existing=True)
+            )
+            self._hero_locks[hero_class] = statement
+        return statement
 
     def _error_values(self) -> dict[str, Any]:
         columns = self.executions.c
