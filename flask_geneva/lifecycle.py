@@ -30,40 +30,33 @@ def create_workflow(cls: Any, hero: Any = None, data: dict[str, Any] | None = No
     data = _checked_data(cls, data)
     session = geneva.db.session
     hero_type, hero_id = geneva.identify_hero(hero)
-    if not cls.allow_multiple and hero_type is not None:
-        _refuse_second_ongoing(session, cls, hero_type, hero_id)
     now = utcnow()
-    workflow = cls(
-        hero_type=hero_type,
-        hero_id=hero_id,
-        data=data,
-        state=WorkflowState.READY,
-        allow_multiple_flag=bool(cls.allow_multiple),
-        execution_count=0,
-        created_at=now,
-        updated_at=now,
-    )
+    definition = cls._geneva_definition
+    values: dict[str, Any] = {
+        "workflow_class": cls._geneva_identity,
+        "hero_type": hero_type,
+        "hero_id": hero_id,
+        "data": data,
+        "state": WorkflowState.READY,
+        "allow_multiple_flag": bool(cls.allow_multiple),
+        # The first execution is numbered 1; the workflow row says so from its INSERT.
+        "execution_count": 1,
+        "next_step_name": definition.steps[0].name if definition.steps else None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if not definition.steps:
+        values.update(state=WorkflowState.FINISHED, execution_count=0, transitioned_at=now)
+    session.flush()  # the caller's pending writes: their errors are theirs, raised as they are
+    store = store_for(geneva, session)
+    workflow = store.insert_workflow(session, cls, values)
+    if workflow is None:  # the one-ongoing index kept the row out; the transaction goes on
+        _refuse_second_ongoing(session, cls, hero_type, hero_id)
+        raise WorkflowAlreadyOngoing(  # pragma: no cover - it ended meanwhile
+            f"{cls.__name__} is already ongoing for {hero_type}:{hero_id}"
+        )
     if hero is not None:
         workflow.__dict__["_geneva_hero_cache"] = hero
-    definition = cls._geneva_definition
-    if definition.steps:
-        # The first execution is numbered 1; the workflow row says so from its INSERT.
-        workflow.execution_count = 1
-        workflow.next_step_name = definition.steps[0].name
-    else:
-        workflow.state = WorkflowState.FINISHED
-        workflow.transitioned_at = now
-    session.flush()  # the caller's pending writes: their errors are theirs, raised as they are
-    session.add(workflow)
-    try:
-        session.flush()
-    except sa.exc.IntegrityError as error:
-        if _is_one_ongoing_violation(error):
-            raise WorkflowAlreadyOngoing(
-                f"{cls.__name__} is already ongoing for {hero_type}:{hero_id} "
-                f"(created concurrently); roll back the session"
-            ) from error
-        raise
     if definition.steps:
         _schedule_first_step(session, workflow, definition.steps[0], now)
     return workflow
@@ -77,15 +70,6 @@ def _schedule_first_step(session: Any, workflow: Any, first: Any, now: Any) -> N
         session, workflow.id, step_name=first.name, sequence=1, run_at=now + first.wait,
         now=now, options=message_options(cls),
     )  # fmt: skip
-
-
-def _is_one_ongoing_violation(error: sa.exc.IntegrityError) -> bool:
-    """Whether ``error`` is the unique index on ongoing workflows refusing a row
-    (PostgreSQL names the index; SQLite lists its columns)."""
-    message = str(error.orig)
-    return "geneva_workflows_one_ongoing" in message or (
-        "geneva_workflows.workflow_class" in message
-    )
 
 
 def _checked_data(cls: Any, data: Any) -> dict[str, Any]:

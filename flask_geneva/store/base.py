@@ -91,6 +91,8 @@ class Store:
 
     #: Whether the database locks single rows (a waited step can lock ahead of its time).
     row_locks = True
+    #: The SQLAlchemy dialect name (for dialect-specific index options).
+    dialect = ""
 
     def __init__(self, geneva: Any) -> None:
         self.geneva = geneva
@@ -171,6 +173,28 @@ class Store:
         """A scope in which a failing read leaves the transaction usable (nothing is
         needed where a failed statement does not abort the transaction)."""
         return nullcontext()
+
+    # -- creating a workflow ---------------------------------------------------------------
+
+    def insert_workflow(self, session: Session, cls: type, values: dict[str, Any]) -> Any:
+        """Insert a workflow row and return it as a persistent ORM object, in one
+        statement; None, having written nothing, when the one-ongoing index refuses it
+        (the transaction stays usable, unlike after a failed flush)."""
+        index = self.sql.one_ongoing_index
+        statement = (
+            self._insert(cls)
+            .values(values)
+            .on_conflict_do_nothing(
+                index_elements=[column.name for column in index.columns],
+                index_where=index.dialect_options[self.dialect]["where"],
+            )
+            .returning(cls)
+        )
+        return session.scalars(statement).first()
+
+    def _insert(self, cls: type) -> Any:
+        """The dialect's ``INSERT`` construct (it knows ``ON CONFLICT``)."""
+        raise NotImplementedError
 
     # -- the claim -----------------------------------------------------------------------
 

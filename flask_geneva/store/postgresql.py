@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from flask_geneva.machine import Move, Plan
@@ -33,9 +34,14 @@ NOTIFY_CHANNEL: Final = "geneva_outbox"
 class PostgresStore(Store):
     """Writes the claim, a returned step's finalize and a first step in one statement."""
 
+    dialect = "postgresql"
+
     def __init__(self, geneva: Any) -> None:
         super().__init__(geneva)
         self.combined = _CombinedStatements(self.sql)
+
+    def _insert(self, cls: type) -> Any:
+        return postgresql.insert(cls)
 
     def claim(self, session: Session, execution_id: Any, workflow_id: Any, step_name: str,
               now: datetime, message_id: str | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from flask_geneva.store.base import Store
@@ -18,6 +19,10 @@ class SqliteStore(Store):
     """Writes one statement at a time, each lock taken as a no-op write first."""
 
     row_locks = False
+    dialect = "sqlite"
+
+    def _insert(self, cls: type) -> Any:
+        return sqlite.insert(cls)
 
     def _take_write_lock(
         self, session: Session, execution_id: Any = None, workflow_id: Any = None

@@ -40,6 +40,11 @@ class Statements:
         in_progress = sa.literal(StepState.IN_PROGRESS, executions.c.state.type)
         self.in_progress = in_progress
 
+        #: The unique index of one ongoing workflow per class and hero.
+        self.one_ongoing_index = next(
+            index for index in workflows.indexes if index.name == "geneva_workflows_one_ongoing"
+        )
+
         # -- locks: the workflow row first, then the execution's ------------------------
         self.lock_workflow = (
             sa.select(workflow_model)
