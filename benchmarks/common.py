@@ -871,7 +871,7 @@ def invoke_runner(
 # --------------------------------------------------------------------------- printing
 
 COLUMNS = [
-    ("system", 14),
+    ("system", 16),
     ("load", 11),
     ("rounds", 6),
     ("steps/s", 9),
@@ -962,7 +962,7 @@ def format_costs(
 ) -> str:
     """Cost per step, medians over the successful rounds (``cost_per_step``)."""
     cols = [("cpu ms", "cpu_ms", 2), ("redis calls", "redis_calls", 2), ("pg xacts", "pg_xacts", 2)]
-    head = f"{'system':<14}  {'load':<11}  " + "  ".join(f"{c:>11}" for c, _, _ in cols)
+    head = f"{'system':<16}  {'load':<11}  " + "  ".join(f"{c:>11}" for c, _, _ in cols)
     lines = [head, "-" * len(head)]
     for ld in loads:
         for s in systems:
@@ -974,7 +974,7 @@ def format_costs(
                     if v is not None
                 ]
                 cells.append(f"{_fmt(median(vals), digits):>11}")
-            lines.append(f"{s:<14}  {ld:<11}  " + "  ".join(cells))
+            lines.append(f"{s:<16}  {ld:<11}  " + "  ".join(cells))
     return "\n".join(lines)
 
 
@@ -986,7 +986,7 @@ def format_breakdown(
     """First-step vs later-step latency (ms) and the time the harness took to create
     all workflows (s), medians over the successful rounds."""
     cols = ["first p50", "first p99", "next p50", "next p99", "create s"]
-    head = f"{'system':<14}  {'load':<11}  " + "  ".join(f"{c:>9}" for c in cols)
+    head = f"{'system':<16}  {'load':<11}  " + "  ".join(f"{c:>9}" for c in cols)
     lines = [head, "-" * len(head)]
     for ld in loads:
         for s in systems:
@@ -1002,5 +1002,5 @@ def format_breakdown(
                 cells.append(f"{_fmt(median(vals)):>9}")
             spans = [r["starts_span_s"] for r in ok if r.get("starts_span_s") is not None]
             cells.append(f"{_fmt(median(spans), 2):>9}")
-            lines.append(f"{s:<14}  {ld:<11}  " + "  ".join(cells))
+            lines.append(f"{s:<16}  {ld:<11}  " + "  ".join(cells))
     return "\n".join(lines)

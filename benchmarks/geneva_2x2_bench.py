@@ -15,7 +15,7 @@ import os
 import sys
 
 SYSTEM = "geneva-2x2"
-LABEL = "flask_geneva, 2 processes x 2 threads, 2 ms idle poll"
+LABEL = "flask_geneva with heroes, 2 processes x 2 threads, 2 ms idle poll"
 ORDER = 3
 VENV = ".venv"
 

@@ -1,8 +1,12 @@
 """Benchmark driver: run every system on every load, N rounds, print the table.
 
     .venv-bench/bin/python benchmarks/run.py [--rounds N] [--loads light,heavy,timer,timer-paced]
-        [--systems floor,dbos] [--profile tuned|stock] [--set KEY=VALUE ...]
+        [--systems floor,dbos] [--preset heroes] [--profile tuned|stock] [--set KEY=VALUE ...]
         [--output FILE] [--json FILE]
+
+``--preset heroes`` is the hero-path comparison of issue 15 in one command: the heavy and
+light loads for floor, dbos, geneva (with heroes) and geneva-noheroes (explicit
+``--loads`` / ``--systems`` still win).
 
 Systems are discovered, not listed here: every ``benchmarks/*.py`` that assigns a
 string to ``SYSTEM`` at top level is one (see common.py's docstring for the runner
@@ -40,6 +44,14 @@ PROFILES: dict[str, dict[str, str]] = {
     # Each library's out-of-the-box polling: dramatiq worker_timeout 1000 ms (= max
     # idle backoff of the Redis consumer), DBOS queue polling_interval_sec 1.0.
     "stock": {"dramatiq_worker_timeout": "1000", "dbos_polling_interval": "1.0"},
+}
+
+
+#: Named selections of loads and systems (``--preset``); ``--loads``/``--systems`` win.
+PRESETS: dict[str, dict[str, str]] = {
+    # Issue 15's measure: the hero path against the floor and DBOS, hero-less as a
+    # second line, at heavy load (throughput, cost per step) and light (latency).
+    "heroes": {"loads": "heavy,light", "systems": "floor,dbos,geneva,geneva-noheroes"},
 }
 
 
@@ -107,6 +119,31 @@ def _cost(cost):
     )
 
 
+def same_round_ratios(results, chosen, loads, rounds) -> list[str]:
+    """Each system's steps/s over the floor's and DBOS's of the same round and load."""
+    lines = []
+    for base in ("floor", "dbos"):
+        if base not in chosen:
+            continue
+        for ld in loads:
+            by_round = {r.get("round"): r for r in results[(base, ld)] if r.get("ok")}
+            for s in chosen:
+                if s == base:
+                    continue
+                ratios = []
+                for r in results[(s, ld)]:
+                    b = by_round.get(r.get("round"))
+                    if r.get("ok") and b and r.get("throughput") and b.get("throughput"):
+                        ratios.append(r["throughput"] / b["throughput"])
+                if ratios:
+                    each = ", ".join(f"{x:.2f}" for x in ratios)
+                    lines.append(
+                        f"  {s:<16} / {base:<5} {ld:<11} {common.median(ratios):.2f}x"
+                        f"  (per round: {each})"
+                    )
+    return lines
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -121,8 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--loads", default="light,heavy,timer,timer-paced")
-    ap.add_argument("--systems", default=",".join(systems), help=f"known: {', '.join(systems)}")
+    ap.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named selection of loads and systems: "
+        + "; ".join(f"{k} = {v['loads']} x {v['systems']}" for k, v in PRESETS.items()),
+    )
+    ap.add_argument("--loads", help="default: light,heavy,timer,timer-paced")
+    ap.add_argument("--systems", help=f"default: all; known: {', '.join(systems)}")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="tuned")
     ap.add_argument(
         "--set",
@@ -150,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", help="also write the printed report to this file")
     ap.add_argument("--json", help="write every round's raw result to this file")
     args = ap.parse_args(argv)
+    preset = PRESETS.get(args.preset or "", {})
+    if args.loads is None:
+        args.loads = preset.get("loads", "light,heavy,timer,timer-paced")
+    if args.systems is None:
+        args.systems = preset.get("systems", ",".join(systems))
 
     loads = [s.strip() for s in args.loads.split(",") if s.strip()]
     chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -186,7 +234,7 @@ def _run_all(args, systems, chosen, loads, settings) -> int:
             for s in chosen:
                 sysm = systems[s]
                 print(
-                    f"[run] round {rnd}/{args.rounds}  {s:<8} {ld:<11} ...",
+                    f"[run] round {rnd}/{args.rounds}  {s:<15} {ld:<11} ...",
                     end="",
                     file=sys.stderr,
                     flush=True,
@@ -269,6 +317,10 @@ def _run_all(args, systems, chosen, loads, settings) -> int:
         "locked a row (benchmarks/README.md)",
         common.format_costs(results, chosen, loads),
         "",
+        "same-round throughput ratios (each round's steps/s divided by the baseline's in "
+        "that round; median over rounds, then each round): compare within a run",
+        *same_round_ratios(results, chosen, loads, args.rounds),
+        "",
         "per round (cpu = machine CPU busy just before the round, * = not quiet; foreign = "
         "share of the machine's CPU used during the round by processes other than the "
         "benchmark's and PostgreSQL's, a lower bound):",
@@ -282,7 +334,7 @@ def _run_all(args, systems, chosen, loads, settings) -> int:
                 flag = "*" if r.get("quiet_before") is False else " "
                 state = "ok" if r.get("ok") else "FAILED"
                 report.append(
-                    f"  {s:<8} {ld:<11} r{r.get('round')}  cpu {busy or 0:4.0%}{flag}"
+                    f"  {s:<15} {ld:<11} r{r.get('round')}  cpu {busy or 0:4.0%}{flag}"
                     f" foreign {r.get('foreign_cpu_share') or 0:4.0%} {state:<6}"
                     f" {r.get('throughput') or 0:7.1f} steps/s  lat p50 {_ms(lat.get('p50')):>7}"
                     f" p99 {_ms(lat.get('p99')):>7}  late p50 {_ms(late.get('p50')):>6}"
