@@ -158,6 +158,9 @@ def run_claimed(
     try:
         workflow = attach_as_loaded(session, claimed.workflow_class, claimed.workflow_values)
         execution = attach_as_loaded(session, geneva.StepExecution, claimed.execution_values)
+        if claimed.hero is not None:
+            hero_class, hero_values = claimed.hero
+            workflow.__dict__["_geneva_hero_cache"] = _hero_in(session, hero_class, hero_values)
         send(signals.precondition_checked, claimed.subject, "passed", None, started)
     except BaseException as error:
         logger.error(
@@ -172,6 +175,18 @@ def run_claimed(
     claim = Claim(workflow, execution, claimed.step, claimed.definition, claimed.subject)
     inline_until = _inline_until(inline_next, inline_deadline)
     return _run_and_finalize(session, claim, started, inline_until, claimed.message_id)
+
+
+def _hero_in(session: Session, hero_class: type, values: dict[str, Any]) -> Any:
+    """The hero the step before read under the lock, in this session: the one already
+    there, or one built from those values (no ``SELECT``)."""
+    mapper: Any = sa.inspect(hero_class)
+    key_attribute = mapper.get_property_by_column(mapper.primary_key[0]).key
+    key = mapper.identity_key_from_primary_key([values.get(key_attribute)])
+    existing = session.identity_map.get(key)
+    if existing is not None:
+        return existing
+    return attach_as_loaded(session, hero_class, values)
 
 
 def _inline_until(inline_next: bool, deadline: float | None) -> float | None:

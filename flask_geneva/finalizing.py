@@ -167,8 +167,21 @@ def _claimed_step(
     assert step is not None
     return ClaimedStep(
         model, workflow_values, execution_values, step, claim.definition, next_subject,
-        message_id,
+        message_id, _hero_values(claim.workflow),
     )  # fmt: skip
+
+
+def _hero_values(workflow: Any) -> tuple[type, dict[str, Any]] | None:
+    """The hero the finalize's lock loaded (its class and column values), if it did."""
+    hero = workflow.__dict__.get("_geneva_hero_cache")
+    if hero is None:
+        return None
+    hero_class = type(hero)
+    state = sa.inspect(hero)
+    if state.expired_attributes:
+        return None
+    return hero_class, {key: state.dict[key] for key, _ in mapped_columns(hero_class)
+                        if key in state.dict}
 
 
 def prior_reattempts(session: Session, workflow: Any, execution: Any, step_name: str) -> int:

@@ -63,6 +63,9 @@ class ClaimedStep:
     definition: WorkflowDefinition
     subject: Subject
     message_id: str | None
+    #: The hero as the finalize's lock read it (its class and column values), so that
+    #: the next step's body does not load it again; None when it was not read.
+    hero: tuple[type, dict[str, Any]] | None = None
 
 
 @dataclass

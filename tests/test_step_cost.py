@@ -152,3 +152,44 @@ def test_a_deleted_hero_found_by_the_claims_lock_cancels(app, user):
         result = execute_step(geneva, next_id)
     assert result is not None and result.outcome == "canceled"
     assert db.session.get(geneva.Workflow, workflow_id).state == "canceled"
+
+
+class HeroReadingWorkflow(geneva.Workflow):
+    for _ in range(3):
+        step(lambda wf: wf.hero.email)
+
+
+def test_an_inline_step_gets_its_hero_from_the_step_before(app, user):
+    """The finalize that claims the next step reads the hero under its lock; the next
+    step's body gets that hero without loading it again (no ``SELECT`` of the hero's
+    table in an inline step), and the hero is the one in the database."""
+    from tests.models import User
+
+    wf = HeroReadingWorkflow.create(hero=user)
+    db.session.commit()
+    workflow_id, user_id = wf.id, user.id
+    execution_id = scheduled_execution(wf).id
+    db.session.remove()
+    hero_reads: list[str] = []
+
+    def on_statement(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT") and "FROM users" in statement:
+            hero_reads.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", on_statement)
+    try:
+        with app.app_context():
+            first = execute_step(geneva, execution_id, inline_next=True)  # teaches the store
+            result = run_claimed(geneva, first.claimed_next, inline_next=True)
+            assert result is not None and result.claimed_next is not None
+            hero_reads.clear()
+        with app.app_context():
+            last = run_claimed(geneva, result.claimed_next, inline_next=True)
+            reads_in_step = list(hero_reads)
+            hero = db.session.get(User, user_id)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", on_statement)
+    assert last is not None and last.exception is None
+    assert reads_in_step == []
+    assert hero.email == "hero@example.com"
+    assert db.session.get(geneva.Workflow, workflow_id).state == "finished"

@@ -195,10 +195,11 @@ class Statements:
         )
 
     def can_join_hero(self, hero_class: type) -> bool:
-        """Whether :meth:`lock_with_hero` can join ``hero_class``: a single integer key
-        (``hero_id`` holds it as text, which casts back exactly)."""
+        """Whether :meth:`lock_with_hero` can join ``hero_class``: a single integer or
+        text key (``hero_id`` holds it as text, which casts back exactly; a UUID's text
+        differs from how SQLite stores it)."""
         key: Any = sa.inspect(hero_class).primary_key
-        return len(key) == 1 and isinstance(key[0].type, sa.Integer)
+        return len(key) == 1 and isinstance(key[0].type, sa.Integer | sa.String)
 
     def lock_with_hero(self, hero_class: type) -> Any:
         """:attr:`lock_objects` with ``hero_class``'s row outer-joined (and not locked)."""
@@ -216,7 +217,7 @@ class Statements:
                 sa.select(workflow_model, execution_model, hero_class)
                 .select_from(workflow_model)
                 .join(execution_model, execution_model.workflow_id == workflow_model.id)
-                .outerjoin(hero_class, key == sa.cast(hero_id, key.type))
+                .outerjoin(hero_class, key == _as_key(hero_id, key.type))
                 .where(execution_model.id == self.execution_id)
                 .with_for_update(of=[workflows, self.executions])
                 .execution_options(populate_existing=True)
@@ -231,6 +232,11 @@ class Statements:
             "error_message": param("hp_error_message", columns.error_message.type),
             "error_backtrace": param("hp_error_backtrace", columns.error_backtrace.type),
         }
+
+
+def _as_key(text: Any, key_type: Any) -> Any:
+    """``hero_id`` (text) compared with a key of ``key_type``."""
+    return text if isinstance(key_type, sa.String) else sa.cast(text, key_type)
 
 
 def labelled(name: str, value: Any) -> Any:
