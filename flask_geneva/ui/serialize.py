@@ -11,15 +11,10 @@ from typing import Any
 
 from flask import url_for
 
-from flask_geneva.queries import (
-    OVERDUE_GRACE,
-    Count,
-    Due,
-    Health,
-    StepRow,
-    WorkflowActivity,
-    WorkflowDetail,
-)
+from flask_geneva.queries.counts import Count
+from flask_geneva.queries.detail import Due, StepRow, WorkflowDetail
+from flask_geneva.queries.health_panel import OVERDUE_GRACE, Health
+from flask_geneva.queries.pages import WorkflowActivity
 from flask_geneva.ui.present import describe_condition, describe_policy, iso_time
 
 
