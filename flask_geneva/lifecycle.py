@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from flask_geneva.errors import WorkflowAlreadyOngoing
+from flask_geneva.jsonvalues import json_problem
 from flask_geneva.scheduling import announce
 from flask_geneva.statements import hot_path
 from flask_geneva.states import ONGOING_STATES, WorkflowState
@@ -111,10 +112,11 @@ def _checked_data(cls: Any, data: Any) -> dict[str, Any]:
     try:
         # Round-tripped, so the dict in memory is what the database will give back
         # (tuples become lists, keys become strings).
-        return dict(json.loads(json.dumps(data)))
+        return dict(json.loads(json.dumps(data, allow_nan=False)))
     except (TypeError, ValueError) as error:
         raise ValueError(
-            f"{cls.__name__}.create(data=...) must be JSON-serialisable: {error}"
+            f"{cls.__name__}.create(data=...) must be JSON-serialisable: "
+            f"{json_problem(data, error)}"
         ) from None
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from flask_geneva.scheduling import drop_outbox, schedule_step
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
+from flask_geneva.text import bounded_backtrace, bounded_error_message
 
 
 def end_execution(
@@ -37,9 +38,9 @@ def record_error(execution: Any, error: BaseException) -> None:
     if error_type.__module__ not in ("builtins", "__main__"):
         name = f"{error_type.__module__}.{name}"
     execution.error_class_name = name[:255]
-    execution.error_message = str(error)
-    execution.error_backtrace = "".join(
-        traceback.format_exception(error_type, error, error.__traceback__)
+    execution.error_message = bounded_error_message(str(error))
+    execution.error_backtrace = bounded_backtrace(
+        "".join(traceback.format_exception(error_type, error, error.__traceback__))
     )
 
 
