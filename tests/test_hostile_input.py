@@ -26,7 +26,8 @@ from tests.conftest import make_app
 from tests.helpers import reload
 from tests.models import db, geneva
 
-# The documented bounds (docs/configuration.md, "Bounds on stored and logged text").
+# The documented bounds (docs/exceptions.md "What a failed attempt keeps",
+# docs/observability.md "Logging", docs/ui.md "Security").
 MAX_ERROR_MESSAGE_LENGTH = 10_000
 MAX_ERROR_BACKTRACE_LENGTH = 50_000
 MAX_LOGGED_VALUE_LENGTH = 2_000
