@@ -58,9 +58,10 @@ def keep_data_changes(workflow: Any, snapshot: str) -> None:
     """Mark ``data`` changed when step code changed it in place (nested values too).
 
     :raises TypeError: the new data is not JSON-serialisable (the step's failure).
+    :raises ValueError: it holds NaN or an infinity, which JSON cannot carry.
     """
     if json_snapshot(workflow.data) != snapshot:
-        json.dumps(workflow.data)
+        json.dumps(workflow.data, allow_nan=False)
         flag_modified(workflow, "data")
 
 

@@ -20,40 +20,33 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
-from flask_geneva.errors import InvalidStateError
-from flask_geneva.queries import (
-    OVERDUE_GRACE,
-    QueryError,
+from flask_geneva.errors import InvalidInputError, InvalidStateError
+from flask_geneva.ids import parse_integer
+from flask_geneva.queries.health_panel import OVERDUE_GRACE
+from flask_geneva.queries.lookups import (
     WorkflowFilters,
     execution_history,
     find_workflow,
-    list_workflows,
     parse_hero,
 )
+from flask_geneva.queries.pages import list_workflows
 from flask_geneva.states import StepState, WorkflowState
+from flask_geneva.text import printable, shorten
 from flask_geneva.timeutil import as_utc, utcnow
 
 # ------------------------------------------------------------------------- errors
 
 
-def _printable(value: Any) -> str:
-    """``value`` as text with control characters (newlines, escapes) shown escaped."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
 def _fail(message: str) -> NoReturn:
     """Stop the command: exit 1 with ``Error: message`` as the one line on stderr."""
-    raise click.ClickException(_printable(message))
+    raise click.ClickException(printable(message))
 
 
 class _OneLineUsageError(click.UsageError):
     """A usage error shown as one line (Click's default adds the usage and a hint)."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"Error: {_printable(self.format_message())}", err=True, file=file)
+        click.echo(f"Error: {printable(self.format_message())}", err=True, file=file)
 
 
 def _one_line_usage_errors(call: Callable[[], Any]) -> Any:
@@ -119,10 +112,10 @@ def _load(workflow_id: str) -> Any:
     geneva = _state().geneva
     try:
         workflow = find_workflow(geneva, workflow_id)
-    except QueryError as error:
+    except InvalidInputError as error:
         _fail(str(error))
     if workflow is None:
-        _fail(f"no workflow with id {workflow_id}")
+        _fail(f"no workflow with id {shorten(workflow_id.strip())}")
     return workflow
 
 
@@ -155,9 +148,10 @@ def _operator_command(name: str, past: str, act: Callable[[Any], None], help_tex
         except Exception:
             session.rollback()
             raise
+        next_step = workflow.next_step_name
         click.echo(
-            f"{past} {workflow.workflow_class} #{workflow.id}: now {workflow.state}"
-            + (f", next step {workflow.next_step_name}" if workflow.next_step_name else "")
+            f"{past} {printable(workflow.workflow_class)} #{workflow.id}: now {workflow.state}"
+            + (f", next step {printable(next_step)}" if next_step else "")
         )
 
 
@@ -224,19 +218,19 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
     hero = f"{workflow.hero_type}:{workflow.hero_id}" if workflow.hero_type else "none"
     data = json.dumps(workflow.data, ensure_ascii=False, sort_keys=True, default=str)
     show = click.echo
-    show(_printable(f"{workflow.workflow_class} #{workflow.id}"))
+    show(printable(f"{workflow.workflow_class} #{workflow.id}"))
     if not defined:
         show(
             "  (its workflow class is no longer defined in the application; "
             "it loads as geneva.Workflow)"
         )
     show(f"  state:        {workflow.state}")
-    show(f"  hero:         {_printable(hero)}")
+    show(f"  hero:         {printable(hero)}")
     show(f"  created:      {_when(workflow.created_at)}")
     show(f"  transitioned: {_when(workflow.transitioned_at)}")
-    show(f"  next step:    {_printable(workflow.next_step_name or '-')}")
-    show(f"  previous:     {_printable(workflow.previous_step_name or '-')}")
-    show(f"  data:         {_printable(data)}")
+    show(f"  next step:    {printable(workflow.next_step_name or '-')}")
+    show(f"  previous:     {printable(workflow.previous_step_name or '-')}")
+    show(f"  data:         {printable(data)}")
     steps = cls.step_names() if defined else []
     if steps:
         show(f"  steps:        {' -> '.join(steps)}")
@@ -248,7 +242,7 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
     for execution in history:
         outcome = f"/{execution.outcome}" if execution.outcome else ""
         line = (
-            f"    #{execution.sequence:<3} {_printable(execution.step_name):<24} "
+            f"    #{execution.sequence:<3} {printable(execution.step_name):<24} "
             f"{execution.state}{outcome:<14} scheduled {_when(execution.scheduled_for)}"
         )
         if execution.started_at:
@@ -258,23 +252,41 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
         show(line + _execution_flags(workflow, execution, steps, now))
         if execution.error_class_name:
             message = (execution.error_message or "").splitlines() or [""]
-            error_class = _printable(execution.error_class_name)
-            show(f"         error: {error_class}: {_printable(message[0])}")
+            error_class = printable(execution.error_class_name)
+            show(f"         error: {error_class}: {printable(message[0])}")
             for more in message[1:]:
-                show(f"                {_printable(more)}")
+                show(f"                {printable(more)}")
             if backtraces and execution.error_backtrace:
                 for trace_line in execution.error_backtrace.rstrip().splitlines():
-                    show(f"           | {_printable(trace_line)}")
+                    show(f"           | {printable(trace_line)}")
 
 
 # --------------------------------------------------------------------------- list
+
+#: The most workflows ``flask geneva list`` prints.
+MAX_LIST_LIMIT: Final = 10_000
+
+
+class _Limit(click.ParamType):
+    """``--limit``: a whole number from 1 to :data:`MAX_LIST_LIMIT`, read by the one
+    number parser (ASCII digits only, bounded before ``int()``)."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_integer(str(value), name="--limit", minimum=1, maximum=MAX_LIST_LIMIT)
+        except InvalidInputError as error:
+            self.fail(str(error), param, ctx)
 
 
 @geneva_cli.command("list", help="List workflows, newest first.")
 @click.option("--state", help="ready, performing, finished, canceled or paused")
 @click.option("--workflow", "workflow_class", help="the workflow class (its stored name)")
 @click.option("--hero", help="TYPE:ID, for example User:42")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--limit", type=_Limit(), default=50, show_default=True, help="from 1 to 10000")
 def list_command(
     state: str | None, workflow_class: str | None, hero: str | None, limit: int
 ) -> None:
@@ -285,7 +297,7 @@ def list_command(
             state=state, workflow=workflow_class, hero_type=hero_type, hero_id=hero_id
         )
         workflows = list_workflows(geneva, filters, limit=limit)
-    except QueryError as error:
+    except InvalidInputError as error:
         _fail(str(error))
     if not workflows:
         click.echo("no workflows match")
@@ -294,9 +306,9 @@ def list_command(
     for workflow in workflows:
         hero_text = f"{workflow.hero_type}:{workflow.hero_id}" if workflow.hero_type else "-"
         click.echo(
-            f"{workflow.id!s:<38} {_printable(workflow.workflow_class):<32} "
-            f"{workflow.state!s:<10} {_printable(workflow.next_step_name or '-'):<24} "
-            f"{_printable(hero_text):<24} {_when(workflow.created_at)}"
+            f"{workflow.id!s:<38} {printable(workflow.workflow_class):<32} "
+            f"{workflow.state!s:<10} {printable(workflow.next_step_name or '-'):<24} "
+            f"{printable(hero_text):<24} {_when(workflow.created_at)}"
         )
 
 

@@ -29,3 +29,11 @@ class StepNotDefinedError(GenevaError):
 
 class WorkflowClassNotFoundError(GenevaError):
     """A workflow row names a class that is no longer defined in the application."""
+
+
+class InvalidInputError(GenevaError, ValueError):
+    """A value that came from outside is malformed: a workflow or execution id, a page
+    cursor, a number or a filter given in a URL, on the command line or in a step message.
+
+    The message names the value (shortened when it is long) and what is accepted.
+    """

@@ -22,11 +22,9 @@ housekeeping (in progress).
 from __future__ import annotations
 
 import math
-import re
 import time
-import uuid
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -34,6 +32,7 @@ from sqlalchemy.orm import Session
 from flask_geneva import claiming, signals
 from flask_geneva.body import performed_outcome, run_body, run_handler
 from flask_geneva.finalizing import decide, finalize
+from flask_geneva.ids import parse_execution_id
 from flask_geneva.loading import attach_as_loaded
 from flask_geneva.logs import logger, workflow_logger
 from flask_geneva.policies import resolve_policy
@@ -62,29 +61,7 @@ PRELOCK: timedelta = claiming.PRELOCK
 
 def coerce_execution_id(geneva: Any, value: Any) -> Any:
     """The primary key carried by a step message, or raise ValueError naming the problem."""
-    if geneva.uuid_primary_keys:
-        if isinstance(value, uuid.UUID):
-            return value
-        if isinstance(value, str):
-            try:
-                return uuid.UUID(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"a step message must carry a UUID as text, got {value!r}")
-    key: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        key = value
-    elif isinstance(value, str) and _INTEGER_ID.fullmatch(value.strip()):
-        key = int(value)
-    if key is None or not _MIN_KEY <= key <= _MAX_KEY:
-        raise ValueError(f"a step message must carry an integer id, got {value!r}")
-    return key
-
-
-#: An integer id as text (ASCII digits only), and the range a BIGINT key can hold.
-_INTEGER_ID: Final = re.compile(r"[+-]?[0-9]{1,19}")
-_MIN_KEY: Final = -(2**63)
-_MAX_KEY: Final = 2**63 - 1
+    return parse_execution_id(geneva, value)
 
 
 def execute_step(

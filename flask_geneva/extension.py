@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 import threading
+import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from flask import Flask
 
 from flask_geneva.config import DEFAULTS, GenevaConfig
+from flask_geneva.ids import parse_hero_key
+from flask_geneva.logs import logger
 from flask_geneva.models import build_models
 from flask_geneva.publishing import listen_to_sessions_of
 
 if TYPE_CHECKING:
     from flask_geneva.worker import GenevaState
 
-logger = logging.getLogger("flask_geneva")
 
 
 class Geneva:
@@ -185,15 +186,12 @@ def _check_database(app: Flask) -> None:
 
 
 def _coerce_key(column_type: sa.types.TypeEngine[Any], text: str) -> Any:
-    """Turn a hero id stored as text back into the primary key's Python type."""
+    """Turn a hero id stored as text back into the primary key's Python type (raises
+    ``ValueError`` for text that is no such key)."""
     try:
         python_type = column_type.python_type
     except NotImplementedError:
         return text
-    if python_type is str:
-        return text
     if isinstance(column_type, sa.Uuid):
-        import uuid
-
-        return uuid.UUID(text)
-    return python_type(text)
+        python_type = uuid.UUID
+    return parse_hero_key(python_type, text)

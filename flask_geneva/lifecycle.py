@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from flask_geneva.errors import WorkflowAlreadyOngoing
+from flask_geneva.jsonvalues import json_problem
 from flask_geneva.runs import message_options
 from flask_geneva.states import ONGOING_STATES, WorkflowState
 from flask_geneva.store import store_for
@@ -80,10 +81,11 @@ def _checked_data(cls: Any, data: Any) -> dict[str, Any]:
     try:
         # Round-tripped, so the dict in memory is what the database will give back
         # (tuples become lists, keys become strings).
-        return dict(json.loads(json.dumps(data)))
+        return dict(json.loads(json.dumps(data, allow_nan=False)))
     except (TypeError, ValueError) as error:
         raise ValueError(
-            f"{cls.__name__}.create(data=...) must be JSON-serialisable: {error}"
+            f"{cls.__name__}.create(data=...) must be JSON-serialisable: "
+            f"{json_problem(data, error)}"
         ) from None
 
 

@@ -500,8 +500,12 @@ def test_hostile_error_message_and_hero_type_are_escaped(client: Any, demo: Demo
     assert "&lt;script&gt;alert" in overview
     hero_page = _html(client.get(f"/geneva/workflows/{demo.hostile_hero}"))
     assert "&lt;b&gt;Evil&lt;/b&gt;&amp;Type:&lt;i&gt;1&lt;/i&gt;" in hero_page
-    # The hero link carries the hostile type percent-encoded in its path.
-    assert 'href="/geneva/heroes/%3Cb%3EEvil%3C/b%3E&amp;Type/%3Ci%3E1%3C/i%3E"' in hero_page
+    # A type with a slash cannot be one path segment: the hero link is the filtered list,
+    # with the hostile type and id percent-encoded in its query.
+    assert (
+        'href="/geneva/workflows?hero_type=%3Cb%3EEvil%3C/b%3E%26Type&amp;hero_id=%3Ci%3E1%3C/i%3E"'
+        in hero_page
+    )
 
     # A hostile hero type in the hero page's own path (without a slash, which would end
     # the path segment).

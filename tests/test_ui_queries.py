@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_geneva import queries
-from flask_geneva.queries import Count, Cursor, QueryError, WorkflowFilters
+from flask_geneva.errors import InvalidInputError
+from flask_geneva.queries import Count, Cursor, WorkflowFilters
 from flask_geneva.timeutil import utcnow
 from flask_geneva.ui import present
 from tests.models import db, geneva
@@ -134,9 +135,9 @@ def test_list_workflows_keeps_its_meaning(app: Flask) -> None:
 
 
 def test_page_limits(app: Flask) -> None:
-    with pytest.raises(QueryError, match="limit"):
+    with pytest.raises(InvalidInputError, match="limit"):
         queries.workflow_page(geneva, WorkflowFilters(), limit=0)
-    with pytest.raises(QueryError, match="limit"):
+    with pytest.raises(InvalidInputError, match="limit"):
         queries.workflow_page(geneva, WorkflowFilters(), limit=101)
 
 
@@ -150,9 +151,9 @@ def test_cursors() -> None:
     assert cursor.encode() == f"{int(T0.timestamp() * 1_000_000)}-{key}"
     assert Cursor.decode(uuids, cursor.encode()) == cursor
     for bad in ("", "12", "-5-1", "x-1", "12-"):
-        with pytest.raises(QueryError):
+        with pytest.raises(InvalidInputError):
             Cursor.decode(ints, bad)
-    with pytest.raises(QueryError, match="UUID"):
+    with pytest.raises(InvalidInputError, match="UUID"):
         Cursor.decode(uuids, "12-34")
 
 

@@ -23,6 +23,7 @@ from flask_geneva.machine import plan as plan_for
 from flask_geneva.publishing import PendingMessage, published_marks, remember_for_commit
 from flask_geneva.states import StepState, WorkflowState
 from flask_geneva.store.statements import Statements
+from flask_geneva.text import bounded_backtrace, bounded_error_message
 from flask_geneva.timeutil import utcnow
 
 
@@ -79,11 +80,19 @@ def error_fields(error: BaseException | None) -> dict[str, Any]:
         name = f"{error_type.__module__}.{name}"
     return {
         "error_class_name": name[:255],
-        "error_message": str(error),
-        "error_backtrace": "".join(
-            traceback.format_exception(error_type, error, error.__traceback__)
+        "error_message": bounded_error_message(_text_of(error)),
+        "error_backtrace": bounded_backtrace(
+            "".join(traceback.format_exception(error_type, error, error.__traceback__))
         ),
     }
+
+
+def _text_of(error: BaseException) -> str:
+    """``str(error)``, or a stand-in when the exception cannot say what it is."""
+    try:
+        return str(error)
+    except Exception as failure:  # an exception whose __str__ raises
+        return f"<str() of the {type(error).__name__} raised {type(failure).__name__}>"
 
 
 class Store:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask_geneva.queries import Count
+from flask_geneva.queries.counts import Count
 from flask_geneva.timeutil import as_utc
 
 _UNITS = (
@@ -163,14 +163,32 @@ def group_repeats(failures: list[tuple[Any, Any]]) -> list[tuple[Any, Any, int]]
 def safe_url(url: Any) -> str | None:
     """``url`` when it is an http(s) URL or a path on this site, else None.
 
-    A host's hero-URL builder should never be able to put a ``javascript:`` link on
-    an operator's page, whatever ends up in a hero id.
+    A host's hero-URL builder should never be able to put a ``javascript:`` link, or a
+    link that a browser reads as another site, on an operator's page, whatever ends up
+    in a hero id. Browsers drop tabs and newlines from URLs and read ``\\`` as ``/``, so
+    ``/\\evil.example`` and ``/\\t/evil.example`` are ``//evil.example``: a URL with a
+    control character, or a path whose second character is a slash or backslash, is
+    refused.
     """
     if not isinstance(url, str) or not url:
+        return None
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         return None
     lowered = url.strip().lower()
     if lowered.startswith(("http://", "https://")):
         return url
-    if url.startswith("/") and not url.startswith("//"):
+    if url.startswith("/") and url[1:2] not in ("/", "\\"):
         return url
     return None
+
+
+def is_path_safe_hero(hero_type: str, hero_id: str) -> bool:
+    """Whether ``/heroes/<hero_type>/<hero_id>`` stays that path in a browser.
+
+    A ``.`` or ``..`` segment would be resolved away (``%2e`` too, by the URL standard),
+    a ``/`` in the type would shift the id, and an empty segment would be merged.
+    """
+    if "/" in hero_type or hero_type in (".", ".."):
+        return False
+    segments = hero_id.split("/")
+    return all(segment not in ("", ".", "..") for segment in segments)

@@ -11,15 +11,12 @@ from typing import Any
 
 from flask import url_for
 
-from flask_geneva.queries import (
-    OVERDUE_GRACE,
-    Count,
-    Due,
-    Health,
-    StepRow,
-    WorkflowActivity,
-    WorkflowDetail,
-)
+from flask_geneva.jsonvalues import json_safe
+from flask_geneva.queries.counts import Count
+from flask_geneva.queries.detail import Due, StepRow, WorkflowDetail
+from flask_geneva.queries.health_panel import OVERDUE_GRACE, Health
+from flask_geneva.queries.pages import WorkflowActivity
+from flask_geneva.text import excerpt
 from flask_geneva.ui.present import describe_condition, describe_policy, iso_time
 
 
@@ -61,7 +58,10 @@ def workflow_json(workflow: Any, activity: WorkflowActivity | None = None) -> di
 def execution_json(
     execution: Any, *, attempt: int | None = None, backtrace: bool = False
 ) -> dict[str, Any]:
-    """A step execution; the backtrace only where the page shows it (the workflow page)."""
+    """A step execution. With ``backtrace`` (the workflow page) the whole stored error
+    message and the backtrace; without (the lists), an excerpt of the message of at most
+    :data:`~flask_geneva.text.LIST_ERROR_EXCERPT_LENGTH` characters and
+    ``error_message_truncated``."""
     result: dict[str, Any] = {
         "id": json_id(execution.id),
         "workflow_id": json_id(execution.workflow_id),
@@ -81,6 +81,11 @@ def execution_json(
         result["attempt"] = attempt
     if backtrace:
         result["error_backtrace"] = execution.error_backtrace
+    else:
+        # Lists show an excerpt; the workflow page has the whole (bounded) message.
+        message = execution.error_message
+        result["error_message"] = None if message is None else excerpt(message)
+        result["error_message_truncated"] = message is not None and excerpt(message) != message
     return result
 
 
@@ -171,7 +176,7 @@ def detail_json(detail: WorkflowDetail, hero: dict[str, Any]) -> dict[str, Any]:
     """The workflow page."""
     workflow = detail.workflow
     payload = workflow_json(workflow)
-    payload["data"] = dict(workflow.data or {})
+    payload["data"] = json_safe(dict(workflow.data or {}))
     return {
         "workflow": payload,
         "hero": hero,

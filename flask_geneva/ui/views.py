@@ -33,18 +33,14 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from flask_geneva import queries
-from flask_geneva.queries import (
-    CLASS_COUNT_CAP,
-    COUNT_CAP,
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
-    OVERDUE_GRACE,
-    Cursor,
-    QueryError,
-    WorkflowFilters,
-    WorkflowPage,
-)
+from flask_geneva.errors import InvalidInputError
+from flask_geneva.ids import parse_integer, parse_workflow_id
+from flask_geneva.queries import counts, detail, health_panel, lookups, pages
+from flask_geneva.queries.counts import CLASS_COUNT_CAP, COUNT_CAP
+from flask_geneva.queries.health_panel import OVERDUE_GRACE
+from flask_geneva.queries.lookups import WorkflowFilters
+from flask_geneva.queries.pages import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Cursor, WorkflowPage
+from flask_geneva.text import excerpt, quoted, shorten
 from flask_geneva.timeutil import utcnow
 from flask_geneva.ui import present, serialize
 
@@ -134,6 +130,8 @@ def template_helpers() -> dict[str, Any]:
         "now": utcnow(),
         "workflow_states": DISPLAY_STATES,
         "page_url": _page_url,
+        "hero_url": _hero_url,
+        "excerpt": excerpt,
         "count_cap": COUNT_CAP,
         "class_count_cap": CLASS_COUNT_CAP,
     }
@@ -149,9 +147,9 @@ def overview() -> Any:
     state = _state()
     geneva = state.geneva
     now = utcnow()
-    by_state = queries.state_counts(geneva)
-    by_class = queries.class_counts(geneva)
-    health = queries.health(
+    by_state = counts.state_counts(geneva)
+    by_class = counts.class_counts(geneva)
+    panel = health_panel.health(
         geneva,
         stuck_in_progress_threshold=state.config.stuck_in_progress_threshold,
         stuck_scheduled_threshold=state.config.stuck_scheduled_threshold,
@@ -172,15 +170,15 @@ def overview() -> Any:
                 }
                 for c in by_class
             ],
-            health=serialize.health_json(health),
+            health=serialize.health_json(panel),
         )
     return render_template(
         "geneva/overview.html",
         now=now,
         by_state=by_state,
         by_class=by_class,
-        health=health,
-        failures=present.group_repeats(health.recent_failures),
+        health=panel,
+        failures=present.group_repeats(panel.recent_failures),
     )
 
 
@@ -192,14 +190,14 @@ def workflows() -> Any:
     now = utcnow()
     filters = _filters_from_args()
     page = _page(filters)
-    activity = queries.workflow_activity(geneva, page.workflows)
+    activity = pages.workflow_activity(geneva, page.workflows)
     if as_json:
         return jsonify(
             filters=_filters_json(filters),
             workflows=[serialize.workflow_json(w, activity[w.id]) for w in page.workflows],
             page=_page_json(page),
         )
-    classes = sorted(set(queries.stored_workflow_classes(geneva)) | set(geneva.workflow_classes))
+    classes = sorted(set(counts.stored_workflow_classes(geneva)) | set(geneva.workflow_classes))
     return render_template(
         "geneva/workflows.html",
         now=now,
@@ -220,16 +218,16 @@ def workflow(workflow_id: str) -> Any:
     geneva = state.geneva
     now = utcnow()
     try:
-        found = queries.find_workflow(geneva, workflow_id)
-    except QueryError as error:
-        abort(404, f"No workflow can have the id {workflow_id!r}: {error}.")
+        found = lookups.find_workflow(geneva, workflow_id)
+    except InvalidInputError as error:
+        abort(404, f"No workflow can have the id {quoted(workflow_id)}: {error}.")
     if found is None:
         abort(
             404,
-            f"There is no workflow #{workflow_id}. It may have been cleaned up by "
+            f"There is no workflow #{shorten(workflow_id)}. It may have been cleaned up by "
             f"housekeeping after it finished.",
         )
-    detail = queries.workflow_detail(
+    gathered = detail.workflow_detail(
         geneva,
         found,
         stuck_in_progress_threshold=state.config.stuck_in_progress_threshold,
@@ -238,11 +236,11 @@ def workflow(workflow_id: str) -> Any:
     )
     hero = _hero_info(found.hero_type, found.hero_id)
     if as_json:
-        return jsonify(serialize.detail_json(detail, hero))
+        return jsonify(serialize.detail_json(gathered, hero))
     return render_template(
         "geneva/workflow.html",
         now=now,
-        detail=detail,
+        detail=gathered,
         wf=found,
         hero=hero,
         data_text=json.dumps(found.data or {}, indent=2, sort_keys=True, default=str),
@@ -258,7 +256,7 @@ def hero(hero_type: str, hero_id: str) -> Any:
     now = utcnow()
     filters = WorkflowFilters(hero_type=hero_type, hero_id=hero_id)
     page = _page(filters)
-    activity = queries.workflow_activity(geneva, page.workflows)
+    activity = pages.workflow_activity(geneva, page.workflows)
     info = _hero_info(hero_type, hero_id)
     if as_json:
         return jsonify(
@@ -278,11 +276,11 @@ def search() -> Any:
     if not text:
         return redirect(url_for("geneva.workflows"))
     if ":" in text:
-        hero_type, hero_id = _parse(queries.parse_hero, text)
-        return redirect(url_for("geneva.hero", hero_type=hero_type, hero_id=hero_id))
+        hero_type, hero_id = _parse(lookups.parse_hero, text)
+        return redirect(_hero_url(hero_type, hero_id))
     try:
-        queries.coerce_workflow_id(_state().geneva, text)
-    except QueryError:
+        parse_workflow_id(_state().geneva, text)
+    except InvalidInputError:
         return redirect(url_for("geneva.workflows", workflow=text))
     return redirect(url_for("geneva.workflow", workflow_id=text))
 
@@ -297,7 +295,7 @@ def _bad_request(message: str) -> NoReturn:
 def _parse(function: Any, *args: Any) -> Any:
     try:
         return function(*args)
-    except QueryError as error:
+    except InvalidInputError as error:
         _bad_request(str(error))
 
 
@@ -319,7 +317,7 @@ def _filters_from_args() -> WorkflowFilters:
     if combined is not None:
         if hero_type is not None or hero_id is not None:
             _bad_request("give hero=TYPE:ID or hero_type= and hero_id=, not both")
-        hero_type, hero_id = _parse(queries.parse_hero, combined)
+        hero_type, hero_id = _parse(lookups.parse_hero, combined)
     filters = WorkflowFilters(
         state=_arg("state"), workflow=_arg("workflow"), hero_type=hero_type, hero_id=hero_id
     )
@@ -331,13 +329,13 @@ def _page(filters: WorkflowFilters) -> WorkflowPage:
     limit_text = _arg("limit")
     limit = DEFAULT_PAGE_SIZE
     if limit_text is not None:
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
-            _bad_request(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
-        limit = int(limit_text)
+        limit = _parse(
+            lambda: parse_integer(limit_text, name="limit", minimum=1, maximum=MAX_PAGE_SIZE)
+        )
     before = _arg("before")
     after = _arg("after")
     return _parse(
-        lambda: queries.workflow_page(
+        lambda: pages.workflow_page(
             geneva,
             filters,
             before=None if before is None else Cursor.decode(geneva, before),
@@ -347,16 +345,60 @@ def _page(filters: WorkflowFilters) -> WorkflowPage:
     )
 
 
+#: The query arguments each page reads, the only ones its links carry over. Anything else
+#: in the URL (``endpoint=``, ``_external=``, ``_anchor=``, ``_method=``...) never reaches
+#: ``url_for``, so it can neither break a page nor rewrite its links.
+PAGE_ARGUMENTS: Final[dict[str, tuple[str, ...]]] = {
+    "geneva.overview": ("format",),
+    "geneva.workflows": (
+        "state",
+        "workflow",
+        "hero_type",
+        "hero_id",
+        "hero",
+        "limit",
+        "before",
+        "after",
+        "format",
+    ),
+    "geneva.workflow": ("format",),
+    "geneva.hero": ("limit", "before", "after", "format"),
+}
+
+
 def _page_url(**changes: Any) -> str:
-    """The current page's URL with some query arguments changed (None removes one)."""
-    args = {key: value for key, value in request.args.items() if value != ""}
+    """The current page's URL with some query arguments changed (None removes one).
+
+    Only the page's own arguments (:data:`PAGE_ARGUMENTS`) are kept; on any other
+    endpoint (static files, search, an error before routing) the link is the overview's.
+    """
+    endpoint = request.endpoint if request.endpoint in PAGE_ARGUMENTS else "geneva.overview"
+    known = PAGE_ARGUMENTS[endpoint]
+    args = {key: request.args[key] for key in known if request.args.get(key, "") != ""}
     for key, value in changes.items():
+        if key not in known:
+            continue
         if value is None:
             args.pop(key, None)
         else:
             args[key] = str(value)
-    values: dict[str, Any] = {**(request.view_args or {}), **args}
-    return url_for(request.endpoint or "geneva.workflows", **values)
+    if endpoint == "geneva.hero":
+        view_args = request.view_args or {}
+        return _hero_url(view_args["hero_type"], view_args["hero_id"], **args)
+    values: dict[str, Any] = dict(args)
+    if endpoint == "geneva.workflow":
+        values.update(request.view_args or {})
+    return url_for(endpoint, **values)
+
+
+def _hero_url(hero_type: str, hero_id: str, **args: Any) -> str:
+    """The link to a hero's workflows: its hero page, or, when the type or id would not
+    stay one path segment (``..``, ``/`` in the type), the list filtered by that hero,
+    so that no hero id can point a link outside the status UI."""
+    if present.is_path_safe_hero(hero_type, hero_id):
+        return url_for("geneva.hero", hero_type=hero_type, hero_id=hero_id, **args)
+    args.pop("hero", None)
+    return url_for("geneva.workflows", hero_type=hero_type, hero_id=hero_id, **args)
 
 
 def _filters_json(filters: WorkflowFilters) -> dict[str, Any]:
@@ -398,7 +440,7 @@ def _hero_info(hero_type: str | None, hero_id: str | None) -> dict[str, Any]:
     return {
         "type": hero_type,
         "id": hero_id,
-        "url": url_for("geneva.hero", hero_type=hero_type, hero_id=hero_id),
+        "url": _hero_url(hero_type, hero_id),
         "app_url": _app_hero_url(hero_type, hero_id),
         "record": record,
     }

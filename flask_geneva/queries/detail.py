@@ -1,0 +1,210 @@
+"""One workflow's page: every step of its class beside its executions, what is due next,
+and the operator actions its state allows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from flask_geneva.machine import allowed_actions
+from flask_geneva.queries.health_panel import OVERDUE_GRACE
+from flask_geneva.states import StepState, WorkflowState
+from flask_geneva.timeutil import as_utc, utcnow
+
+#: The most executions the workflow page loads (the newest ones).
+HISTORY_LIMIT: Final = 1000
+#: Operator actions each workflow state allows, in the order they are offered.
+#: The operator actions each state allows, as the state machine says.
+ACTIONS_BY_STATE: Final[dict[str, tuple[str, ...]]] = {
+    state.value: tuple(action.value for action in allowed_actions(state))
+    for state in WorkflowState
+    if allowed_actions(state)
+}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One execution of a step, numbered among the executions of that step (1, 2, ...)."""
+
+    execution: Any
+    attempt: int
+
+
+@dataclass
+class StepRow:
+    """One step of the workflow page: the definition beside its executions."""
+
+    name: str
+    #: 1-based position in the class; None for a step the code no longer has.
+    position: int | None
+    #: The DSL's :class:`~flask_geneva.dsl.StepDefinition`; None when no longer defined.
+    definition: Any | None
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def defined(self) -> bool:
+        """False when executions exist for a step the class no longer has."""
+        return self.definition is not None
+
+    @property
+    def latest(self) -> Any | None:
+        """The step's newest execution."""
+        return self.attempts[-1].execution if self.attempts else None
+
+
+@dataclass(frozen=True)
+class Due:
+    """What happens next to a workflow, and whether it is late.
+
+    ``kind`` is ``"scheduled"`` (a step waits for its time), ``"running"`` (a step is in
+    progress), ``"paused"`` (waits for ``resume()``) or ``"done"`` (finished/canceled).
+    """
+
+    kind: str
+    step_name: str | None
+    execution: Any | None
+    #: When the scheduled step is due, or when the running step started.
+    at: datetime | None
+    #: Past due by more than OVERDUE_GRACE (scheduled), or running past the threshold.
+    overdue: bool
+    #: Past the housekeeping threshold: housekeeping will recover the execution.
+    stuck: bool
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    """An operator action the workflow's state allows, with its CLI command."""
+
+    name: str
+    command: str
+
+
+@dataclass(frozen=True)
+class WorkflowDetail:
+    """Everything the workflow page shows."""
+
+    workflow: Any
+    #: False when the workflow's class is no longer defined in the code.
+    class_defined: bool
+    steps: list[StepRow]
+    #: Executions of steps the code no longer has, grouped by step name.
+    removed_steps: list[StepRow]
+    #: The loaded executions, oldest first (the newest :data:`HISTORY_LIMIT`).
+    executions: list[Any]
+    #: How many executions the workflow has had in all.
+    execution_total: int
+    due: Due
+    actions: list[OperatorAction]
+
+    @property
+    def history_truncated(self) -> bool:
+        """True when older executions were left out of ``executions``."""
+        return self.execution_total > len(self.executions)
+
+
+def operator_actions(workflow: Any) -> list[OperatorAction]:
+    """The actions the workflow's state allows, each with its ``flask geneva`` command."""
+    return [
+        OperatorAction(name, f"flask geneva {name} {workflow.id}")
+        for name in (action.value for action in allowed_actions(str(workflow.state)))
+    ]
+
+
+def workflow_detail(
+    geneva: Any,
+    workflow: Any,
+    *,
+    stuck_in_progress_threshold: timedelta,
+    stuck_scheduled_threshold: timedelta,
+    now: datetime | None = None,
+    history_limit: int = HISTORY_LIMIT,
+) -> WorkflowDetail:
+    """Gather the workflow page: steps beside executions, what is due, the actions."""
+    now = now or utcnow()
+    model = geneva.StepExecution
+    newest = list(
+        geneva.db.session.scalars(
+            sa.select(model)
+            .where(model.workflow_id == workflow.id)
+            .order_by(model.sequence.desc())
+            .limit(history_limit)
+        )
+    )
+    executions = list(reversed(newest))
+    total = max(workflow.execution_count or 0, len(executions))
+    cls = type(workflow)
+    class_defined = bool(cls.is_defined())
+    definitions = cls.steps() if class_defined else []
+    steps = [StepRow(name=d.name, position=i, definition=d) for i, d in enumerate(definitions, 1)]
+    by_name = {row.name: row for row in steps}
+    removed: dict[str, StepRow] = {}
+    attempt_numbers: dict[str, int] = {}
+    # Attempt numbers count from the first loaded execution; with a truncated history they
+    # are relative to what is shown (flagged by history_truncated).
+    for execution in executions:
+        name = execution.step_name
+        attempt_numbers[name] = attempt_numbers.get(name, 0) + 1
+        row = by_name.get(name)
+        if row is None:
+            row = removed.setdefault(name, StepRow(name=name, position=None, definition=None))
+        row.attempts.append(Attempt(execution, attempt_numbers[name]))
+    active = next(
+        (
+            e
+            for e in reversed(executions)
+            if e.state in (StepState.SCHEDULED.value, StepState.IN_PROGRESS.value)
+        ),
+        None,
+    )
+    return WorkflowDetail(
+        workflow=workflow,
+        class_defined=class_defined,
+        steps=steps,
+        removed_steps=list(removed.values()),
+        executions=executions,
+        execution_total=total,
+        due=_due(
+            workflow,
+            active,
+            now,
+            stuck_in_progress_threshold=stuck_in_progress_threshold,
+            stuck_scheduled_threshold=stuck_scheduled_threshold,
+        ),
+        actions=operator_actions(workflow),
+    )
+
+
+def _due(
+    workflow: Any,
+    active: Any | None,
+    now: datetime,
+    *,
+    stuck_in_progress_threshold: timedelta,
+    stuck_scheduled_threshold: timedelta,
+) -> Due:
+    state = str(workflow.state)
+    if active is not None and active.state == StepState.IN_PROGRESS.value:
+        started = as_utc(active.started_at)
+        late = started is not None and now - started > stuck_in_progress_threshold
+        return Due("running", active.step_name, active, started, overdue=late, stuck=late)
+    if state == WorkflowState.PAUSED.value:
+        at = as_utc(active.scheduled_for) if active is not None else None
+        return Due("paused", workflow.next_step_name, active, at, overdue=False, stuck=False)
+    if active is not None:
+        at = as_utc(active.scheduled_for)
+        assert at is not None
+        return Due(
+            "scheduled",
+            active.step_name,
+            active,
+            at,
+            overdue=now - at > OVERDUE_GRACE,
+            stuck=now - at > stuck_scheduled_threshold,
+        )
+    if state in (WorkflowState.READY.value, WorkflowState.PERFORMING.value):
+        # Ongoing, yet nothing scheduled or running: should not happen; show it plainly.
+        return Due("scheduled", workflow.next_step_name, None, None, overdue=True, stuck=False)
+    return Due("done", None, None, None, overdue=False, stuck=False)
