@@ -6,6 +6,12 @@ step's body gets saves loading them again through the ORM, and gives
 the same objects: every mapped column set, in the session as persistent and unmodified,
 the mapper's ``load`` event sent (so mutable-type tracking, timestamp conversion and an
 application's own load listeners run as for a loaded object).
+
+It uses SQLAlchemy's public API for exactly this (``make_transient_to_detached`` and
+``Session.merge(load=False)``, the way cached objects are put back into a session);
+the one internal it needs, a mapped class's ``class_manager.new_instance()`` (an
+instance made without calling ``__init__``, as a load makes it), is named by a canary
+test (``tests/test_loading.py``).
 """
 
 from __future__ import annotations
@@ -53,9 +59,7 @@ def attach_as_loaded(session: Session, model: type, values: dict[str, Any]) -> A
     as if it had just been loaded, without reading the row."""
     mapper: sa.orm.Mapper[Any] = sa.orm.class_mapper(model)
     instance = mapper.class_manager.new_instance()
-    state = sa.inspect(instance)
-    state.dict.update(values)  # as a load sets them; the next call commits them all
+    sa.inspect(instance).dict.update(values)  # as a load sets them, with no history
     make_transient_to_detached(instance)
-    session.add(instance)
-    state.manager.dispatch.load(state, None)
-    return instance
+    # The session's copy, persistent and unmodified, its load event sent: no SELECT.
+    return session.merge(instance, load=False)
