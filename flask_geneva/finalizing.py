@@ -76,12 +76,13 @@ def finalize(
     plan = machine.plan(transition, step.name, following(claim.definition, step.name))
     target = Target(subject.workflow_id, subject.execution_id, step.name, 0)
     claim_next = False
+    hero: tuple[type, dict[str, Any]] | None = None
     if inline_next and error is None and _may_claim_at_once(model, store, claim, plan):
-        hero_found = _lock_and_check_hero(session, store, workflow, subject.execution_id)
-        if hero_found is None:
+        checked = _lock_and_check_hero(session, store, workflow, subject.execution_id)
+        if checked is None:
             return None
         # No hero (or its check raised): the next step is claimed the usual way.
-        claim_next = hero_found
+        claim_next, hero = checked
     applied = store.finalize(
         session, target, plan, now, options=message_options(model),
         error=error if transition.records_error else None,
@@ -92,7 +93,7 @@ def finalize(
     workflow_state = plan.workflow_state.value
     step_state = str(transition.step_state)
     if claim_next and applied.workflow_row is not None:
-        claimed = _claimed_step(claim, applied, plan.schedule or "", now, message_id)
+        claimed = _claimed_step(claim, applied, plan.schedule or "", now, message_id, hero)
         return Finalized(workflow_state, step_state, claimed_next=claimed)
     continue_with = None
     if inline_next and plan.schedule is not None:
@@ -118,29 +119,41 @@ def _may_claim_at_once(model: Any, store: Store, claim: Claim, plan: machine.Pla
 
 def _lock_and_check_hero(
     session: Session, store: Store, workflow: Any, execution_id: Any
-) -> bool | None:
+) -> tuple[bool, tuple[type, dict[str, Any]] | None] | None:
     """The claim's hero check, for a next step claimed in the finalize: under the lock
-    of the workflow and the execution, taken first. True when the hero is there (or the
-    class needs none), False when it is not or its check raised, None when the
-    execution is no longer in progress."""
+    of the workflow and the execution, taken first. ``(True, hero)`` when the hero is
+    there (its class and values when the lock read them) or the class needs none,
+    ``(False, None)`` when it is not or its check raised, None when the execution is no
+    longer in progress."""
     model = type(workflow)
     if model.may_proceed_without_hero:
-        return True
-    # The lock loads the hero too when it can (as the claim's does).
-    locked = store.lock_for_claim(session, execution_id)
-    if locked is None or locked[1].state != StepState.IN_PROGRESS:
+        return True, None
+    hero_class = store.joinable_hero(workflow.hero_type)
+    if hero_class is not None:
+        # One statement: the lock, and the hero's row read as plain values.
+        read = store.lock_states_with_hero(session, execution_id, hero_class)
+        if read is None or read[0].execution_state != StepState.IN_PROGRESS:
+            return None
+        values = read[1]
+        return (False, None) if values is None else (True, (hero_class, values))
+    locked = store.lock_states(session, execution_id)
+    if locked is None or locked.execution_state != StepState.IN_PROGRESS:
         return None
-    if "_geneva_hero_cache" in workflow.__dict__:
-        return workflow.hero is not None
+    workflow.__dict__.pop("_geneva_hero_cache", None)
     try:
         with store.contained(session):
-            return workflow.hero is not None
+            return workflow.hero is not None, None
     except Exception:
-        return False  # the usual claim loads it again and records what it raises
+        return False, None  # the usual claim loads it again and records what it raises
 
 
 def _claimed_step(
-    claim: Claim, applied: Applied, next_step: str, now: datetime, message_id: str | None
+    claim: Claim,
+    applied: Applied,
+    next_step: str,
+    now: datetime,
+    message_id: str | None,
+    hero: tuple[type, dict[str, Any]] | None,
 ) -> ClaimedStep:
     """The next execution, claimed by the finalize, as the inline run builds it."""
     model = type(claim.workflow)
@@ -167,21 +180,8 @@ def _claimed_step(
     assert step is not None
     return ClaimedStep(
         model, workflow_values, execution_values, step, claim.definition, next_subject,
-        message_id, _hero_values(claim.workflow),
+        message_id, hero,
     )  # fmt: skip
-
-
-def _hero_values(workflow: Any) -> tuple[type, dict[str, Any]] | None:
-    """The hero the finalize's lock loaded (its class and column values), if it did."""
-    hero = workflow.__dict__.get("_geneva_hero_cache")
-    if hero is None:
-        return None
-    hero_class = type(hero)
-    state = sa.inspect(hero)
-    if state.expired_attributes:
-        return None
-    return hero_class, {key: state.dict[key] for key, _ in mapped_columns(hero_class)
-                        if key in state.dict}
 
 
 def prior_reattempts(session: Session, workflow: Any, execution: Any, step_name: str) -> int:

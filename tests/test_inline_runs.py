@@ -519,6 +519,7 @@ def test_a_hero_check_that_fails_keeps_the_step_before_and_the_claim_decides(
     store = store_for(geneva, db.session)
     monkeypatch.setattr(store, "_hero_guess", None)
     monkeypatch.setattr(store, "_guess_hero", lambda hero_type: None)
+    monkeypatch.setattr(store, "joinable_hero", lambda hero_type: None)
     real_load_hero = geneva.load_hero
     loads: list[str] = []
 

@@ -152,6 +152,40 @@ class Store:
             self._guess_hero(locked[0].hero_type)
         return locked
 
+    def joinable_hero(self, hero_type: str | None) -> type | None:
+        """The hero class named ``hero_type`` when a lock can join its row, else None."""
+        if hero_type is None:
+            return None
+        guess = self._hero_guess
+        if guess is not None and guess.__name__ == hero_type:
+            return guess
+        hero_class = self.geneva.hero_class(hero_type)
+        if hero_class is None or not self.sql.can_join_hero(hero_class):
+            return None
+        return hero_class
+
+    def lock_states_with_hero(
+        self, session: Session, execution_id: Any, hero_class: type
+    ) -> tuple[LockedStates, dict[str, Any] | None] | None:
+        """:meth:`lock_states`, and the hero's row of ``hero_class`` read by the same
+        statement (its column values by attribute name; None when it is gone)."""
+        self._take_write_lock(session, execution_id=execution_id)
+        row = session.connection().execute(
+            self.sql.lock_states_with_hero(hero_class), {"hp_execution_id": execution_id}
+        ).one_or_none()
+        if row is None:
+            return None
+        locked = LockedStates(str(row[0]), int(row[1] or 0), row[2])
+        mapping = row._mapping
+        mapper: Any = sa.inspect(hero_class)
+        key_label = f"hero_{mapper.primary_key[0].key}"
+        if mapping[key_label] is None:
+            return locked, None
+        values = {
+            prop.key: mapping[f"hero_{prop.columns[0].key}"] for prop in mapper.column_attrs
+        }
+        return locked, values
+
     def _guess_hero(self, hero_type: str | None) -> None:
         """Remember the hero class of the last claim, when its key can be joined on."""
         if hero_type is None or (

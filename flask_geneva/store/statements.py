@@ -32,6 +32,7 @@ class Statements:
         self.outbox = outbox = geneva.OutboxMessage.__table__
         self.uuid_keys = bool(geneva.uuid_primary_keys)
         self._hero_locks: dict[type, Any] = {}
+        self._hero_state_locks: dict[type, Any] = {}
         key_type = executions.c.id.type
         execution_id = param("hp_execution_id", key_type)
         workflow_id = param("hp_workflow_id", key_type)
@@ -198,8 +199,45 @@ class Statements:
         """Whether :meth:`lock_with_hero` can join ``hero_class``: a single integer or
         text key (``hero_id`` holds it as text, which casts back exactly; a UUID's text
         differs from how SQLite stores it)."""
-        key: Any = sa.inspect(hero_class).primary_key
-        return len(key) == 1 and isinstance(key[0].type, sa.Integer | sa.String)
+        mapper: Any = sa.inspect(hero_class)
+        key = mapper.primary_key
+        return (
+            len(key) == 1
+            and len(mapper.tables) == 1
+            and isinstance(key[0].type, sa.Integer | sa.String)
+        )
+
+    def _hero_join(self, hero_class: type) -> tuple[Any, Any]:
+        """The hero's table and the condition that joins it to the workflow's row."""
+        mapper: Any = sa.inspect(hero_class)
+        key = mapper.primary_key[0]
+        workflows = self.workflows
+        hero_id = sa.case(
+            (workflows.c.hero_type == hero_class.__name__, workflows.c.hero_id), else_=None
+        )
+        return mapper.local_table, key == _as_key(hero_id, key.type)
+
+    def lock_states_with_hero(self, hero_class: type) -> Any:
+        """:attr:`lock_states` and the columns of ``hero_class``'s row, outer-joined
+        (and not locked): plain rows, no objects."""
+        statement = self._hero_state_locks.get(hero_class)
+        if statement is None:
+            table, joined = self._hero_join(hero_class)
+            workflows, executions = self.workflows, self.executions
+            statement = (
+                sa.select(
+                    executions.c.state, workflows.c.execution_count, workflows.c.id,
+                    *(column.label(f"hero_{column.key}") for column in table.c),
+                )
+                .select_from(
+                    workflows.join(executions, executions.c.workflow_id == workflows.c.id)
+                    .outerjoin(table, joined)
+                )
+                .where(executions.c.id == self.execution_id)
+                .with_for_update(of=[workflows, executions])
+            )  # fmt: skip
+            self._hero_state_locks[hero_class] = statement
+        return statement
 
     def lock_with_hero(self, hero_class: type) -> Any:
         """:attr:`lock_objects` with ``hero_class``'s row outer-joined (and not locked)."""
@@ -207,19 +245,14 @@ class Statements:
         if statement is None:
             workflow_model = self.lock_objects.column_descriptions[0]["entity"]
             execution_model = self.lock_objects.column_descriptions[1]["entity"]
-            key: Any = sa.inspect(hero_class).primary_key[0]
-            workflows = self.workflows
-            hero_id = sa.case(
-                (workflows.c.hero_type == hero_class.__name__, workflows.c.hero_id),
-                else_=None,
-            )
+            _table, joined = self._hero_join(hero_class)
             statement = (
                 sa.select(workflow_model, execution_model, hero_class)
                 .select_from(workflow_model)
                 .join(execution_model, execution_model.workflow_id == workflow_model.id)
-                .outerjoin(hero_class, key == _as_key(hero_id, key.type))
+                .outerjoin(hero_class, joined)
                 .where(execution_model.id == self.execution_id)
-                .with_for_update(of=[workflows, self.executions])
+                .with_for_update(of=[self.workflows, self.executions])
                 .execution_options(populate_existing=True)
             )
             self._hero_locks[hero_class] = statement
