@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from flask_geneva.dsl import cancel_if, on_exception, step
 from flask_geneva.errors import (
+    ConfigurationError,
     GenevaError,
+    InvalidHeroError,
     InvalidStateError,
+    SetupError,
     StepConfigurationError,
     StepNotDefinedError,
     WorkflowAlreadyOngoing,
@@ -22,10 +25,13 @@ from flask_geneva.states import StepOutcome, StepState, WorkflowState
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ConfigurationError",
     "ExceptionPolicy",
     "Geneva",
     "GenevaError",
+    "InvalidHeroError",
     "InvalidStateError",
+    "SetupError",
     "StepConfigurationError",
     "StepNotDefinedError",
     "StepOutcome",

@@ -1,10 +1,32 @@
-"""Exceptions that flask_geneva raises for its users."""
+"""Exceptions that flask_geneva raises for its users.
+
+Every error flask_geneva raises on purpose derives from :class:`GenevaError`, so
+``except GenevaError`` catches them all; each message says what went wrong and what to do.
+Where a caller would expect a built-in exception (a bad value is a ``ValueError``, a
+setup made in the wrong order a ``RuntimeError``), the error derives from it too, so
+``except ValueError`` keeps working.
+"""
 
 from __future__ import annotations
 
 
 class GenevaError(Exception):
     """Base class of every error flask_geneva raises on purpose."""
+
+
+class ConfigurationError(GenevaError, ValueError):
+    """A ``GENEVA_*`` configuration value is invalid.
+
+    Raised by ``init_app`` (and by whatever reads the value first), before anything is
+    registered; the message names the key, the value and what it may be.
+    """
+
+
+class SetupError(GenevaError, RuntimeError):
+    """The extension is set up in a way that cannot work: a second ``Geneva`` for one
+    ``SQLAlchemy`` instance, a broker whose client library is not installed, and the
+    like. The message says which call or install to make instead.
+    """
 
 
 class StepConfigurationError(GenevaError):
@@ -23,9 +45,21 @@ class WorkflowAlreadyOngoing(GenevaError):
     """A second ongoing workflow of one class for one hero (without ``allow_multiple``)."""
 
 
+class InvalidHeroError(GenevaError, ValueError):
+    """What was given as a workflow's hero cannot be one: it is not a mapped instance,
+    or its primary key has several columns.
+    """
+
+
 class StepNotDefinedError(GenevaError):
     """A step execution names a step that the workflow class no longer has."""
 
 
 class WorkflowClassNotFoundError(GenevaError):
     """A workflow row names a class that is no longer defined in the application."""
+
+
+class QueryError(GenevaError, ValueError):
+    """A filter, id or page cursor given to the CLI or the status UI is malformed; the
+    message says which and why.
+    """

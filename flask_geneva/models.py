@@ -23,6 +23,7 @@ from sqlalchemy.ext.mutable import MutableDict
 from sqlalchemy.orm import Mapped, MappedColumn, mapped_column, relationship
 
 from flask_geneva import dsl
+from flask_geneva.errors import SetupError
 from flask_geneva.registration import (
     FALLBACK_IDENTITY,
     NAME_LENGTH,
@@ -86,9 +87,10 @@ def _forget_hero_on_expire(target: Any, *_args: Any) -> None:
 def build_models(geneva: Geneva, db: Any, uuid_primary_keys: bool) -> tuple[Any, Any, Any]:
     """Define ``Workflow``, ``StepExecution`` and ``OutboxMessage`` on ``db.Model``."""
     if WORKFLOWS_TABLE in db.metadata.tables:
-        raise RuntimeError(
+        raise SetupError(
             f"the table {WORKFLOWS_TABLE} is already defined on this db.metadata: "
-            f"create one Geneva per SQLAlchemy instance"
+            f"create one Geneva per SQLAlchemy instance and share it (geneva.init_app(app) "
+            f"for each app)"
         )
 
     def key_type() -> sa.types.TypeEngine[Any]:

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
+from flask_geneva.errors import QueryError
 from flask_geneva.states import StepState, WorkflowState
 from flask_geneva.timeutil import as_utc, utcnow
 
@@ -43,10 +44,6 @@ ACTIONS_BY_STATE: Final[dict[str, tuple[str, ...]]] = {
     WorkflowState.READY.value: ("pause", "cancel", "skip"),
     WorkflowState.PAUSED.value: ("resume", "cancel", "skip"),
 }
-
-
-class QueryError(ValueError):
-    """A filter or id given by a user is malformed; the message says which and why."""
 
 
 @dataclass(frozen=True)

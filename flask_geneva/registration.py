@@ -11,7 +11,8 @@ Two things SQLAlchemy does not do on its own are handled here:
   ``Workflow``. The base maps ``polymorphic_on`` to :func:`stored_class_discriminator`, the
   ``workflow_class`` column read through a type that turns every name this application
   does not define into :data:`FALLBACK_IDENTITY`, the base's own identity. Public API only
-  (``polymorphic_on`` takes any SQL expression; ``type_coerce`` adds no SQL), and each
+  (``polymorphic_on`` takes any SQL expression; ``type_coerce`` renders the bare column,
+  so a query of the base selects ``workflow_class`` once more and nothing else), and each
   workflow class maps ``polymorphic_on`` to the plain column, so ``select(SomeWorkflow)``
   filters on the indexed column and a new instance gets its identity set by SQLAlchemy.
 - **A class defined again** under the same identity (a reloaded module, a test) replaces
