@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from flask_geneva.dsl import cancel_if, on_exception, step
 from flask_geneva.errors import (
+    ConfigurationError,
     GenevaError,
+    InvalidHeroError,
+    InvalidInputError,
     InvalidStateError,
+    InvalidWorkflowDataError,
+    NotAWorkflowClassError,
+    SetupError,
     StepConfigurationError,
+    StepLimitReachedError,
     StepNotDefinedError,
+    UnknownStepError,
     WorkflowAlreadyOngoing,
     WorkflowClassNotFoundError,
 )
@@ -22,14 +30,22 @@ from flask_geneva.states import StepOutcome, StepState, WorkflowState
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ConfigurationError",
     "ExceptionPolicy",
     "Geneva",
     "GenevaError",
+    "InvalidHeroError",
+    "InvalidInputError",
     "InvalidStateError",
+    "InvalidWorkflowDataError",
+    "NotAWorkflowClassError",
+    "SetupError",
     "StepConfigurationError",
+    "StepLimitReachedError",
     "StepNotDefinedError",
     "StepOutcome",
     "StepState",
+    "UnknownStepError",
     "WorkflowAlreadyOngoing",
     "WorkflowClassNotFoundError",
     "WorkflowState",

@@ -21,6 +21,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import q_name
 
+from flask_geneva.errors import ConfigurationError, SetupError
+
 
 class GenevaRedisBroker(RedisBroker):
     """A :class:`~dramatiq.brokers.redis.RedisBroker` whose step-queue consumers poll
@@ -49,11 +51,12 @@ def make_broker(url: str, *, idle_timeout_ms: int) -> dramatiq.Broker:
         try:
             from dramatiq.brokers.rabbitmq import RabbitmqBroker
         except ImportError as error:  # pragma: no cover - depends on the install
-            raise RuntimeError(
+            raise SetupError(
                 "GENEVA_BROKER_URL is amqp:// but pika is not installed: "
                 "pip install 'flask-geneva[rabbitmq]'"
             ) from error
         return RabbitmqBroker(url=url)
-    raise ValueError(
-        f"GENEVA_BROKER_URL must start with redis://, amqp:// or memory://, got {url!r}"
+    raise ConfigurationError(
+        f"GENEVA_BROKER_URL must start with redis://, rediss://, unix://, amqp://, amqps:// "
+        f"or memory://, got {url!r}"
     )

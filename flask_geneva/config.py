@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from flask_geneva.errors import ConfigurationError
+
 #: The broker used when ``GENEVA_BROKER_URL`` is not set: Dramatiq's in-process broker.
 DEFAULT_BROKER_URL = "memory://"
 
@@ -65,27 +67,39 @@ class GenevaConfig:
         """Build and validate the configuration from ``app.config``."""
         action = config["GENEVA_STUCK_RECOVERY_ACTION"]
         if action not in RECOVERY_ACTIONS:
-            raise ValueError(
+            raise ConfigurationError(
                 f"GENEVA_STUCK_RECOVERY_ACTION must be one of {RECOVERY_ACTIONS}, got {action!r}"
             )
-        batch = int(config["GENEVA_HOUSEKEEPING_BATCH_SIZE"])
+        batch = _whole_number(
+            config["GENEVA_HOUSEKEEPING_BATCH_SIZE"], "GENEVA_HOUSEKEEPING_BATCH_SIZE"
+        )
         if batch < 1:
-            raise ValueError(f"GENEVA_HOUSEKEEPING_BATCH_SIZE must be at least 1, got {batch}")
+            raise ConfigurationError(
+                f"GENEVA_HOUSEKEEPING_BATCH_SIZE must be at least 1, got {batch}"
+            )
         access = config["GENEVA_UI_ACCESS"]
         if access is not None and not callable(access):
-            raise ValueError("GENEVA_UI_ACCESS must be a callable returning a bool, or None")
+            raise ConfigurationError(
+                "GENEVA_UI_ACCESS must be a callable returning a bool, or None"
+            )
         hero_url = config["GENEVA_UI_HERO_URL"]
         if hero_url is not None and not callable(hero_url):
-            raise ValueError(
+            raise ConfigurationError(
                 "GENEVA_UI_HERO_URL must be a callable(hero_type, hero_id) returning a URL "
                 "or None, or None"
             )
         prefix = config["GENEVA_UI_URL_PREFIX"]
         if prefix is not None and not str(prefix).startswith("/"):
-            raise ValueError(f"GENEVA_UI_URL_PREFIX must start with '/', got {prefix!r}")
-        threads = int(config["GENEVA_EMBEDDED_WORKER_THREADS"])
+            raise ConfigurationError(
+                f"GENEVA_UI_URL_PREFIX must start with '/', got {prefix!r}"
+            )
+        threads = _whole_number(
+            config["GENEVA_EMBEDDED_WORKER_THREADS"], "GENEVA_EMBEDDED_WORKER_THREADS"
+        )
         if threads < 1:
-            raise ValueError(f"GENEVA_EMBEDDED_WORKER_THREADS must be at least 1, got {threads}")
+            raise ConfigurationError(
+                f"GENEVA_EMBEDDED_WORKER_THREADS must be at least 1, got {threads}"
+            )
         return cls(
             broker_url=str(config["GENEVA_BROKER_URL"]),
             embedded_worker=bool(config["GENEVA_EMBEDDED_WORKER"]),
@@ -120,23 +134,31 @@ class GenevaConfig:
         )
 
 
+def _whole_number(value: Any, key: str) -> int:
+    """``int(value)``, or an error naming ``key`` when the value is not a number."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{key} must be a whole number, got {value!r}") from None
+
+
 def _timedelta(value: Any, key: str) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return timedelta(seconds=value)
-    raise ValueError(f"{key} must be a timedelta or a number of seconds, got {value!r}")
+    raise ConfigurationError(f"{key} must be a timedelta or a number of seconds, got {value!r}")
 
 
 def _positive_int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key} must be a whole number ≥ 1, got {value!r}")
+        raise ConfigurationError(f"{key} must be a whole number ≥ 1, got {value!r}")
     return value
 
 
 def _non_negative_int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{key} must be a whole number ≥ 0, got {value!r}")
+        raise ConfigurationError(f"{key} must be a whole number ≥ 0, got {value!r}")
     return value
 
 

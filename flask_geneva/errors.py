@@ -1,10 +1,32 @@
-"""Exceptions that flask_geneva raises for its users."""
+"""Exceptions that flask_geneva raises for its users.
+
+Every error flask_geneva raises on purpose derives from :class:`GenevaError`, so
+``except GenevaError`` catches them all; each message says what went wrong and what to do.
+Where a caller would expect a built-in exception (a bad value is a ``ValueError``, a
+setup made in the wrong order a ``RuntimeError``), the error derives from it too, so
+``except ValueError`` keeps working.
+"""
 
 from __future__ import annotations
 
 
 class GenevaError(Exception):
     """Base class of every error flask_geneva raises on purpose."""
+
+
+class ConfigurationError(GenevaError, ValueError):
+    """A ``GENEVA_*`` configuration value is invalid.
+
+    Raised by ``init_app`` (and by whatever reads the value first), before anything is
+    registered; the message names the key, the value and what it may be.
+    """
+
+
+class SetupError(GenevaError, RuntimeError):
+    """The extension is set up in a way that cannot work: a second ``Geneva`` for one
+    ``SQLAlchemy`` instance, a broker whose client library is not installed, and the
+    like. The message says which call or install to make instead.
+    """
 
 
 class StepConfigurationError(GenevaError):
@@ -23,6 +45,12 @@ class WorkflowAlreadyOngoing(GenevaError):
     """A second ongoing workflow of one class for one hero (without ``allow_multiple``)."""
 
 
+class InvalidHeroError(GenevaError, ValueError):
+    """What was given as a workflow's hero cannot be one: it is not a mapped instance,
+    or its primary key has several columns.
+    """
+
+
 class StepNotDefinedError(GenevaError):
     """A step execution names a step that the workflow class no longer has."""
 
@@ -37,3 +65,27 @@ class InvalidInputError(GenevaError, ValueError):
 
     The message names the value (shortened when it is long) and what is accepted.
     """
+
+
+#: The name the status UI's and the CLI's query functions used for it.
+QueryError = InvalidInputError
+
+
+class NotAWorkflowClassError(GenevaError, TypeError):
+    """A workflow method was called on ``geneva.Workflow`` itself, not on a workflow
+    class (a subclass of it)."""
+
+
+class InvalidWorkflowDataError(GenevaError, ValueError):
+    """``create(data=...)`` was given something that is not a JSON object of finite
+    values; the message names the value and what to store instead."""
+
+
+class UnknownStepError(GenevaError, ValueError):
+    """A step name given by the caller is not a step of the workflow's class; the message
+    lists its steps."""
+
+
+class StepLimitReachedError(GenevaError, RuntimeError):
+    """``speedrun_workflow()`` ran ``max_iterations`` steps and the workflow is still
+    going."""

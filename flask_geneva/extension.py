@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_geneva.config import DEFAULTS, GenevaConfig
+from flask_geneva.errors import InvalidHeroError
 from flask_geneva.ids import parse_hero_key
 from flask_geneva.logs import logger
 from flask_geneva.models import build_models
@@ -127,10 +128,17 @@ class Geneva:
         try:
             instance_state = sa.inspect(hero)
         except sa.exc.NoInspectionAvailable:
-            raise ValueError(
-                f"the hero must be a mapped SQLAlchemy instance, got {type(hero).__name__}"
+            raise InvalidHeroError(
+                f"the hero must be a mapped SQLAlchemy instance (a row of a db.Model class), "
+                f"got {type(hero).__name__}: pass the record itself, as in create(hero=user)"
             ) from None
         mapper = instance_state.mapper
+        if len(mapper.primary_key) != 1:
+            raise InvalidHeroError(
+                f"the hero {mapper.class_.__name__} has a primary key of "
+                f"{len(mapper.primary_key)} columns; a hero needs a single-column primary key "
+                f"(or set may_proceed_without_hero = True and keep the reference in data)"
+            )
         identity = instance_state.identity
         if identity is None:
             session = self.db.session
@@ -138,9 +146,10 @@ class Geneva:
                 session.add(hero)
             session.flush()
             identity = sa.inspect(hero).identity
-        if identity is None or len(identity) != 1:
-            raise ValueError(
-                f"the hero {mapper.class_.__name__} must have a single-column primary key"
+        if identity is None:  # pragma: no cover - a flushed row has its key
+            raise InvalidHeroError(
+                f"the hero {mapper.class_.__name__} has no primary key value after a flush; "
+                f"give it one before creating the workflow"
             )
         self._hero_classes.setdefault(mapper.class_.__name__, mapper.class_)
         return mapper.class_.__name__, str(identity[0])

@@ -7,7 +7,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from flask_geneva.errors import WorkflowAlreadyOngoing
+from flask_geneva.errors import (
+    InvalidHeroError,
+    InvalidWorkflowDataError,
+    NotAWorkflowClassError,
+    WorkflowAlreadyOngoing,
+)
 from flask_geneva.jsonvalues import json_problem
 from flask_geneva.runs import message_options
 from flask_geneva.states import ONGOING_STATES, WorkflowState
@@ -18,13 +23,13 @@ from flask_geneva.timeutil import utcnow
 def create_workflow(cls: Any, hero: Any = None, data: dict[str, Any] | None = None) -> Any:
     """See :meth:`flask_geneva.models.WorkflowMixin.create`."""
     if not cls.is_defined():
-        raise TypeError(
+        raise NotAWorkflowClassError(
             "create() is called on a workflow class (a subclass of geneva.Workflow), "
             "not on geneva.Workflow itself"
         )
     geneva = cls._geneva
     if hero is None and not cls.may_proceed_without_hero:
-        raise ValueError(
+        raise InvalidHeroError(
             f"{cls.__name__}.create() needs a hero; set may_proceed_without_hero = True on "
             f"the class to allow workflows without one"
         )
@@ -77,13 +82,15 @@ def _checked_data(cls: Any, data: Any) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{cls.__name__}.create(data=...) takes a dict, got {type(data).__name__}")
+        raise InvalidWorkflowDataError(
+            f"{cls.__name__}.create(data=...) takes a dict, got {type(data).__name__}"
+        )
     try:
         # Round-tripped, so the dict in memory is what the database will give back
         # (tuples become lists, keys become strings).
         return dict(json.loads(json.dumps(data, allow_nan=False)))
     except (TypeError, ValueError) as error:
-        raise ValueError(
+        raise InvalidWorkflowDataError(
             f"{cls.__name__}.create(data=...) must be JSON-serialisable: "
             f"{json_problem(data, error)}"
         ) from None

@@ -312,17 +312,28 @@ class Relay:
     # ------------------------------------------------------------------ LISTEN
 
     def _ensure_listener(self) -> None:
-        """On PostgreSQL with psycopg 3, LISTEN for new rows on a connection of our own."""
+        """On PostgreSQL with psycopg 3, LISTEN for new rows on a connection of our own.
+
+        The connection is made by the app's engine, as it makes every connection (its
+        URL, its ``connect_args`` such as SSL settings, a ``creator``, connect events),
+        then detached from the engine's pool: the relay keeps it, in autocommit, for as
+        long as it lives, and it takes no place in the pool.
+        """
         if self._listener is not None:
             return
         engine = self.state.geneva.db.engine
         if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
             return
-        import psycopg
-
-        url = engine.url.set(drivername="postgresql")
-        connection = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
-        connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        pooled = engine.raw_connection()
+        connection: Any = pooled.driver_connection
+        try:
+            pooled.detach()
+            connection.rollback()  # a checkout's ping may have begun a transaction
+            connection.autocommit = True
+            connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except BaseException:
+            pooled.close()  # detached (or not yet): closed for good, or back to the pool
+            raise
         self._listener = connection
 
     def _close_listener(self) -> None:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from flask_geneva import machine
-from flask_geneva.errors import InvalidStateError
+from flask_geneva.errors import InvalidStateError, StepLimitReachedError, UnknownStepError
 from flask_geneva.executor import execute_step
 from flask_geneva.runs import message_options
 from flask_geneva.states import FINAL_STATES, StepOutcome, StepState, WorkflowState
@@ -78,7 +78,7 @@ def perform_step(workflow: Any, step_name: str) -> Any:
     cls = type(workflow)
     names = cls.step_names() if cls.is_defined() else []
     if step_name not in names:
-        raise ValueError(
+        raise UnknownStepError(
             f"{workflow.workflow_class} has no step {step_name!r}; "
             f"its steps are: {', '.join(names) or 'none'}"
         )
@@ -132,7 +132,7 @@ def speedrun_workflow(workflow: Any, max_iterations: int = 100) -> Any:
         perform_next_step(workflow)
     if workflow.state in FINAL_STATES or workflow.state == WorkflowState.PAUSED:
         return workflow
-    raise RuntimeError(
+    raise StepLimitReachedError(
         f"{workflow.workflow_class} #{workflow.id} is still {workflow.state} after "
         f"{max_iterations} steps (next: {workflow.next_step_name!r}); raise max_iterations "
         f"or look for a step that reattempts forever"

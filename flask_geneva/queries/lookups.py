@@ -16,7 +16,7 @@ from flask_geneva.states import WorkflowState
 from flask_geneva.text import quoted
 
 #: The error of a malformed filter or id (the name older code imports).
-QueryError = InvalidInputError
+QueryError = InvalidInputError  # the same class as flask_geneva.errors.QueryError
 
 
 @dataclass(frozen=True)
