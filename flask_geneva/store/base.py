@@ -13,7 +13,7 @@ import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -70,6 +70,14 @@ class Applied:
     workflow_row: Any = None
 
 
+#: The workflow columns ``create()`` sets (by attribute name); the others take their
+#: defaults.
+WORKFLOW_INSERT_KEYS: Final = (
+    "workflow_class", "hero_type", "hero_id", "data", "state", "allow_multiple_flag",
+    "execution_count", "next_step_name", "created_at", "updated_at", "transitioned_at",
+)  # fmt: skip
+
+
 def error_fields(error: BaseException | None) -> dict[str, Any]:
     """The columns that keep a failed attempt's error class, message and backtrace."""
     if error is None:
@@ -108,6 +116,7 @@ class Store:
         self.uuid_keys = bool(geneva.uuid_primary_keys)
         self.sql = Statements(geneva)
         self._hero_guess: type | None = None
+        self._workflow_inserts: dict[type, Any] = {}
 
     # -- locks ---------------------------------------------------------------------------
 
@@ -223,17 +232,21 @@ class Store:
         """Insert a workflow row and return it as a persistent ORM object, in one
         statement; None, having written nothing, when the one-ongoing index refuses it
         (the transaction stays usable, unlike after a failed flush)."""
-        index = self.sql.one_ongoing_index
-        statement = (
-            self._insert(cls)
-            .values(values)
-            .on_conflict_do_nothing(
-                index_elements=[column.name for column in index.columns],
-                index_where=index.dialect_options[self.dialect]["where"],
+        statement = self._workflow_inserts.get(cls)
+        if statement is None:
+            index = self.sql.one_ongoing_index
+            statement = (
+                self._insert(cls)
+                .values({key: sa.bindparam(f"wf_{key}") for key in WORKFLOW_INSERT_KEYS})
+                .on_conflict_do_nothing(
+                    index_elements=[column.name for column in index.columns],
+                    index_where=index.dialect_options[self.dialect]["where"],
+                )
+                .returning(cls)
             )
-            .returning(cls)
-        )
-        return session.scalars(statement).first()
+            self._workflow_inserts[cls] = statement
+        params = {f"wf_{key}": values.get(key) for key in WORKFLOW_INSERT_KEYS}
+        return session.scalars(statement, params).first()
 
     def _insert(self, cls: type) -> Any:
         """The dialect's ``INSERT`` construct (it knows ``ON CONFLICT``)."""
