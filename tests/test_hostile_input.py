@@ -229,6 +229,13 @@ def test_action_success_lines_escape_names_from_the_database(app: Flask, user: A
     db.session.execute(
         sa.update(table).where(table.c.id == workflow.id).values(next_step_name=ESCAPES)
     )
+    # The scheduled execution names the same step (pause() keeps it for resume()).
+    executions = geneva.StepExecution.__table__
+    db.session.execute(
+        sa.update(executions)
+        .where(executions.c.workflow_id == workflow.id)
+        .values(step_name=ESCAPES)
+    )
     db.session.commit()
 
     result = invoke(app, "pause", str(workflow.id))
