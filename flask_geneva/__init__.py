@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from flask_geneva.dsl import cancel_if, on_exception, step
 from flask_geneva.errors import (
+    ConfigurationError,
     GenevaError,
     InvalidStateError,
+    SetupError,
     StepConfigurationError,
     StepNotDefinedError,
     WorkflowAlreadyOngoing,
@@ -22,10 +24,12 @@ from flask_geneva.states import StepOutcome, StepState, WorkflowState
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ConfigurationError",
     "ExceptionPolicy",
     "Geneva",
     "GenevaError",
     "InvalidStateError",
+    "SetupError",
     "StepConfigurationError",
     "StepNotDefinedError",
     "StepOutcome",

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from flask_geneva.errors import ConfigurationError
+
 #: The broker used when ``GENEVA_BROKER_URL`` is not set: Dramatiq's in-process broker.
 DEFAULT_BROKER_URL = "memory://"
 
 DEFAULTS: Mapping[str, Any] = {
     "GENEVA_BROKER_URL": DEFAULT_BROKER_URL,
-    "GENEVA_EMBEDDED_WORKER": False,
+    # None: on when the broker is memory:// and the app is not testing (see embedded_default).
+    "GENEVA_EMBEDDED_WORKER": None,
     "GENEVA_DEFAULT_QUEUE": "geneva",
     "GENEVA_RELAY_IN_WORKERS": True,
     "GENEVA_DELETE_COMPLETED_WORKFLOWS_AFTER": timedelta(days=30),
@@ -42,6 +45,8 @@ class GenevaConfig:
     """The configuration of one app, as read by ``init_app``."""
 
     broker_url: str
+    #: Whether this app runs worker threads and the relay in its own process (the
+    #: ``GENEVA_EMBEDDED_WORKER`` key, with ``None`` resolved by :func:`embedded_default`).
     embedded_worker: bool
     default_queue: str
     relay_in_workers: bool
@@ -61,34 +66,50 @@ class GenevaConfig:
     inline_steps: int
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any]) -> GenevaConfig:
-        """Build and validate the configuration from ``app.config``."""
+    def from_mapping(cls, config: Mapping[str, Any], *, testing: bool = False) -> GenevaConfig:
+        """Build and validate the configuration from ``app.config``; ``testing`` is the
+        app's ``TESTING`` flag (it decides what ``GENEVA_EMBEDDED_WORKER=None`` means)."""
         action = config["GENEVA_STUCK_RECOVERY_ACTION"]
         if action not in RECOVERY_ACTIONS:
-            raise ValueError(
+            raise ConfigurationError(
                 f"GENEVA_STUCK_RECOVERY_ACTION must be one of {RECOVERY_ACTIONS}, got {action!r}"
             )
         batch = int(config["GENEVA_HOUSEKEEPING_BATCH_SIZE"])
         if batch < 1:
-            raise ValueError(f"GENEVA_HOUSEKEEPING_BATCH_SIZE must be at least 1, got {batch}")
+            raise ConfigurationError(
+                f"GENEVA_HOUSEKEEPING_BATCH_SIZE must be at least 1, got {batch}"
+            )
         access = config["GENEVA_UI_ACCESS"]
         if access is not None and not callable(access):
-            raise ValueError("GENEVA_UI_ACCESS must be a callable returning a bool, or None")
+            raise ConfigurationError(
+                "GENEVA_UI_ACCESS must be a callable returning a bool, or None"
+            )
         hero_url = config["GENEVA_UI_HERO_URL"]
         if hero_url is not None and not callable(hero_url):
-            raise ValueError(
+            raise ConfigurationError(
                 "GENEVA_UI_HERO_URL must be a callable(hero_type, hero_id) returning a URL "
                 "or None, or None"
             )
         prefix = config["GENEVA_UI_URL_PREFIX"]
         if prefix is not None and not str(prefix).startswith("/"):
-            raise ValueError(f"GENEVA_UI_URL_PREFIX must start with '/', got {prefix!r}")
+            raise ConfigurationError(f"GENEVA_UI_URL_PREFIX must start with '/', got {prefix!r}")
         threads = int(config["GENEVA_EMBEDDED_WORKER_THREADS"])
         if threads < 1:
-            raise ValueError(f"GENEVA_EMBEDDED_WORKER_THREADS must be at least 1, got {threads}")
+            raise ConfigurationError(
+                f"GENEVA_EMBEDDED_WORKER_THREADS must be at least 1, got {threads}"
+            )
+        broker_url = str(config["GENEVA_BROKER_URL"])
+        embedded = config["GENEVA_EMBEDDED_WORKER"]
+        if embedded is not None and not isinstance(embedded, bool):
+            raise ConfigurationError(
+                f"GENEVA_EMBEDDED_WORKER must be True, False or None (on when the broker is "
+                f"memory:// and the app is not testing), got {embedded!r}"
+            )
         return cls(
-            broker_url=str(config["GENEVA_BROKER_URL"]),
-            embedded_worker=bool(config["GENEVA_EMBEDDED_WORKER"]),
+            broker_url=broker_url,
+            embedded_worker=(
+                embedded_default(broker_url, testing=testing) if embedded is None else embedded
+            ),
             default_queue=str(config["GENEVA_DEFAULT_QUEUE"]),
             relay_in_workers=bool(config["GENEVA_RELAY_IN_WORKERS"]),
             delete_completed_workflows_after=_optional_timedelta(
@@ -120,23 +141,36 @@ class GenevaConfig:
         )
 
 
+def embedded_default(broker_url: str, *, testing: bool) -> bool:
+    """What ``GENEVA_EMBEDDED_WORKER=None`` (the default) means: run the worker in the app
+    process when the broker is the in-process ``memory://`` one (nothing else could read
+    it) and the app is not testing (tests run steps with the testing helpers, or start
+    workers of their own)."""
+    return is_memory_broker(broker_url) and not testing
+
+
+def is_memory_broker(broker_url: str) -> bool:
+    """Whether ``GENEVA_BROKER_URL`` names Dramatiq's in-process broker."""
+    return broker_url.startswith("memory://")
+
+
 def _timedelta(value: Any, key: str) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return timedelta(seconds=value)
-    raise ValueError(f"{key} must be a timedelta or a number of seconds, got {value!r}")
+    raise ConfigurationError(f"{key} must be a timedelta or a number of seconds, got {value!r}")
 
 
 def _positive_int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key} must be a whole number ≥ 1, got {value!r}")
+        raise ConfigurationError(f"{key} must be a whole number ≥ 1, got {value!r}")
     return value
 
 
 def _non_negative_int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{key} must be a whole number ≥ 0, got {value!r}")
+        raise ConfigurationError(f"{key} must be a whole number ≥ 0, got {value!r}")
     return value
 
 

@@ -29,3 +29,19 @@ class StepNotDefinedError(GenevaError):
 
 class WorkflowClassNotFoundError(GenevaError):
     """A workflow row names a class that is no longer defined in the application."""
+
+
+class ConfigurationError(GenevaError, ValueError):
+    """A ``GENEVA_*`` key (or the database URL) has a value geneva cannot use.
+
+    Raised by ``init_app``, before anything is registered; the message names the key,
+    the value and what it may be.
+    """
+
+
+class SetupError(GenevaError, RuntimeError):
+    """The extension is used before it is set up on the app, or set up twice.
+
+    The message says which call is missing (``geneva.init_app(app)``,
+    ``db.init_app(app)``) or repeated.
+    """
