@@ -118,6 +118,13 @@ def _sqlite_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
 def test_the_readme_app_copied_into_a_file_runs_its_steps_as_written(tmp_path: Path) -> None:
     """No broker, no worker, no GENEVA_* key: `flask run` runs the steps itself, and the
     steps' log lines reach its terminal."""
+    readme = (ROOT / "README.md").read_text()
+    for command in (
+        "flask --app app run",
+        "curl -X POST http://127.0.0.1:5000/users/ada@example.com/renewal",
+        "flask --app app geneva show 1",
+    ):
+        assert command in readme, f"the README no longer says {command!r}"
     (tmp_path / "app.py").write_text(_readme_app())
     port = _free_port()
     server = Server(
