@@ -337,6 +337,13 @@ def housekeeping_command() -> None:
 @click.option("--once", is_flag=True, help="publish what is due now, then exit")
 def relay_command(once: bool) -> None:
     state = _state()
+    if not state.can_deliver:
+        _fail(
+            "GENEVA_BROKER_URL is memory:// and the embedded worker runs in the app's "
+            "serving process: its relay publishes the outbox there, and this process has "
+            "no worker to deliver to. Run `flask geneva relay` with a Redis or RabbitMQ "
+            "GENEVA_BROKER_URL"
+        )
     relay = state.relay
     if once:
         count = relay.publish_due()

@@ -397,3 +397,12 @@ def test_a_worker_that_cannot_reach_its_broker_says_so(tmp_path: Path) -> None:
         finally:
             os.killpg(worker.pid, 9)
             worker.wait(timeout=30)
+
+
+def test_the_relay_command_refuses_an_embedded_app_it_cannot_deliver_for(
+    cli_process_app: Flask,
+) -> None:
+    result = cli_process_app.test_cli_runner().invoke(args=["geneva", "relay", "--once"])
+    assert result.exit_code == 1
+    assert "this process has no worker to deliver to" in result.output
+    assert "Redis or RabbitMQ" in result.output

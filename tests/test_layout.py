@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from html.parser import HTMLParser
+
 from flask import Flask
 
 from flask_geneva import step
