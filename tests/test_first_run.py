@@ -163,14 +163,35 @@ def test_the_readme_app_copied_into_a_file_runs_its_steps_as_written(tmp_path: P
 DEMO_PAUSED_WORKFLOW = 7  # PaymentProcessingWorkflow, gateway down: waits for an operator
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def demo_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The demo's database: a SQLite file, or a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'demo.sqlite3'}"
+        return
+    from tests.conftest import PG_SERVER_URL
+
+    admin = sa.create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
+    name = f"geneva_demo_{os.getpid()}_{tmp_path.name[-8:].replace('-', '_')}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.engine.make_url(PG_SERVER_URL).set(database=name).render_as_string(
+        hide_password=False
+    )
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def test_resume_from_the_cli_takes_effect_in_the_running_demo_within_two_seconds(
-    tmp_path: Path,
+    tmp_path: Path, demo_database: str
 ) -> None:
     """The demo serves on the embedded default; `flask geneva resume` runs in another
     process, which cannot deliver a message into the demo's in-process broker: it leaves
-    the row to the demo's relay, which publishes it at once."""
-    database = tmp_path / "demo.sqlite3"
-    env = _clean_env(DATABASE_URL=f"sqlite:///{database}", EXAMPLE_SECONDS_PER_DAY="0.05")
+    the row to the demo's relay, which publishes it at its next look (SQLite: it looks
+    every second) or at once (PostgreSQL: a NOTIFY wakes it)."""
+    env = _clean_env(DATABASE_URL=demo_database, EXAMPLE_SECONDS_PER_DAY="0.05")
+    engine = sa.create_engine(demo_database, poolclass=sa.pool.NullPool)
     port = _free_port()
     server = Server(
         [sys.executable, "-m", "example_app", "--port", str(port)],
@@ -183,15 +204,23 @@ def test_resume_from_the_cli_takes_effect_in_the_running_demo_within_two_seconds
         "SELECT count(*) FROM geneva_step_executions "
         f"WHERE workflow_id = {DEMO_PAUSED_WORKFLOW} AND state != 'scheduled'"
     )
+
+    def rows(query: str) -> list[tuple[Any, ...]]:
+        try:
+            with engine.connect() as connection:
+                return [tuple(row) for row in connection.execute(sa.text(query))]
+        except sa.exc.DBAPIError:  # the demo has not created its tables yet
+            return []
+
     try:
 
         def paused() -> bool:
-            return _sqlite_rows(
-                database, f"SELECT state FROM geneva_workflows WHERE id = {DEMO_PAUSED_WORKFLOW}"
+            return rows(
+                f"SELECT state FROM geneva_workflows WHERE id = {DEMO_PAUSED_WORKFLOW}"
             ) == [("paused",)]
 
         wait_until(paused, timeout=60, message="the demo's payment to pause")
-        [(before,)] = _sqlite_rows(database, executions)
+        [(before,)] = rows(executions)
         resumed = subprocess.run(
             [sys.executable, "-m", "flask", "--app", "example_app.app", "geneva", "resume",
              str(DEMO_PAUSED_WORKFLOW)],
@@ -200,12 +229,13 @@ def test_resume_from_the_cli_takes_effect_in_the_running_demo_within_two_seconds
         assert resumed.returncode == 0, resumed.stderr
         # The gateway is still down: the step runs again and pauses the workflow again.
         wait_until(
-            lambda: _sqlite_rows(database, executions)[0][0] > before and paused(),
+            lambda: rows(executions)[0][0] > before and paused(),
             timeout=2,
             message="the resumed step to run in the demo",
         )
     finally:
         server.stop()
+        engine.dispose()
 
 
 def _embedded_app(database_url: str) -> Flask:
