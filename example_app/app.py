@@ -28,7 +28,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         SQLALCHEMY_DATABASE_URI=os.environ.get("DATABASE_URL", f"sqlite:///{DEFAULT_DATABASE}"),
         GENEVA_BROKER_URL=broker_url,
         GENEVA_DEFAULT_QUEUE=os.environ.get("GENEVA_DEFAULT_QUEUE", "geneva"),
-        GENEVA_EMBEDDED_WORKER=broker_url.startswith("memory://"),
+        # GENEVA_EMBEDDED_WORKER is left to its default: on with memory://, off otherwise.
         # The example is for a local machine: let anyone who can reach it see the UI.
         # A real app passes a callable that checks the signed-in user.
         GENEVA_UI_ACCESS=lambda: True,

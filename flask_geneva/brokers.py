@@ -60,3 +60,30 @@ def make_broker(url: str, *, idle_timeout_ms: int) -> dramatiq.Broker:
         f"GENEVA_BROKER_URL must start with redis://, rediss://, unix://, amqp://, amqps:// "
         f"or memory://, got {url!r}"
     )
+
+
+def broker_problem(broker: dramatiq.Broker) -> str | None:
+    """Why ``broker`` cannot be reached now (one line), or None when it answers.
+
+    Asks the server once (a Redis ``PING``, a RabbitMQ connection); the in-process
+    broker always answers.
+    """
+    try:
+        if isinstance(broker, RedisBroker):
+            broker.client.ping()
+        elif not isinstance(broker, StubBroker):
+            getattr(broker, "connection")  # noqa: B009 - opening it is the check (RabbitMQ)
+    except Exception as error:
+        return f"{type(error).__name__}: {error}".splitlines()[0]
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

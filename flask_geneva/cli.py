@@ -239,17 +239,20 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
     if not history:
         show("    (no executions)")
     now = utcnow()
-    for execution in history:
-        outcome = f"/{execution.outcome}" if execution.outcome else ""
-        line = (
-            f"    #{execution.sequence:<3} {printable(execution.step_name):<24} "
-            f"{execution.state}{outcome:<14} scheduled {_when(execution.scheduled_for)}"
-        )
-        if execution.started_at:
-            line += f"  started {_when(execution.started_at)}"
-        if execution.finished_at:
-            line += f"  finished {_when(execution.finished_at)}"
-        show(line + _execution_flags(workflow, execution, steps, now))
+    cells = [
+        [
+            f"#{execution.sequence}",
+            printable(execution.step_name),
+            f"{execution.state}/{execution.outcome}" if execution.outcome else execution.state,
+            f"scheduled {_when(execution.scheduled_for)}",
+            f"started {_when(execution.started_at)}" if execution.started_at else "",
+            f"finished {_when(execution.finished_at)}" if execution.finished_at else "",
+        ]
+        for execution in history
+    ]
+    for execution, line in zip(history, _aligned(cells, gap=2), strict=True):
+        flags = _execution_flags(workflow, execution, steps, now)
+        show(("    " + line + flags).rstrip())
         if execution.error_class_name:
             message = (execution.error_message or "").splitlines() or [""]
             error_class = printable(execution.error_class_name)
@@ -302,14 +305,31 @@ def list_command(
     if not workflows:
         click.echo("no workflows match")
         return
-    click.echo(f"{'ID':<38} {'CLASS':<32} {'STATE':<10} {'NEXT STEP':<24} {'HERO':<24} CREATED")
+    rows = [["ID", "CLASS", "STATE", "NEXT STEP", "HERO", "CREATED"]]
     for workflow in workflows:
         hero_text = f"{workflow.hero_type}:{workflow.hero_id}" if workflow.hero_type else "-"
-        click.echo(
-            f"{workflow.id!s:<38} {printable(workflow.workflow_class):<32} "
-            f"{workflow.state!s:<10} {printable(workflow.next_step_name or '-'):<24} "
-            f"{printable(hero_text):<24} {_when(workflow.created_at)}"
+        rows.append(
+            [
+                str(workflow.id),
+                printable(workflow.workflow_class),
+                str(workflow.state),
+                printable(workflow.next_step_name or "-"),
+                printable(hero_text),
+                _when(workflow.created_at),
+            ]
         )
+    for line in _aligned(rows, gap=2):
+        click.echo(line)
+
+
+def _aligned(rows: list[list[str]], gap: int) -> list[str]:
+    """The rows as lines whose columns line up: each as wide as its widest cell."""
+    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
+    spacer = " " * gap
+    return [
+        spacer.join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 # -------------------------------------------------------------- housekeeping, relay
@@ -329,6 +349,13 @@ def housekeeping_command() -> None:
 @click.option("--once", is_flag=True, help="publish what is due now, then exit")
 def relay_command(once: bool) -> None:
     state = _state()
+    if not state.can_deliver:
+        _fail(
+            "GENEVA_BROKER_URL is memory:// and the embedded worker runs in the app's "
+            "serving process: its relay publishes the outbox there, and this process has "
+            "no worker to deliver to. Run `flask geneva relay` with a Redis or RabbitMQ "
+            "GENEVA_BROKER_URL"
+        )
     relay = state.relay
     if once:
         count = relay.publish_due()

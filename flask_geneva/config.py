@@ -18,7 +18,8 @@ DEFAULT_BROKER_URL = "memory://"
 
 DEFAULTS: Mapping[str, Any] = {
     "GENEVA_BROKER_URL": DEFAULT_BROKER_URL,
-    "GENEVA_EMBEDDED_WORKER": False,
+    # None: on when the broker is memory:// and the app is not testing (see embedded_default).
+    "GENEVA_EMBEDDED_WORKER": None,
     "GENEVA_DEFAULT_QUEUE": "geneva",
     "GENEVA_RELAY_IN_WORKERS": True,
     "GENEVA_DELETE_COMPLETED_WORKFLOWS_AFTER": timedelta(days=30),
@@ -44,6 +45,8 @@ class GenevaConfig:
     """The configuration of one app, as read by ``init_app``."""
 
     broker_url: str
+    #: Whether this app runs worker threads and the relay in its own process (the
+    #: ``GENEVA_EMBEDDED_WORKER`` key, with ``None`` resolved by :func:`embedded_default`).
     embedded_worker: bool
     default_queue: str
     relay_in_workers: bool
@@ -63,8 +66,9 @@ class GenevaConfig:
     inline_steps: int
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any]) -> GenevaConfig:
-        """Build and validate the configuration from ``app.config``."""
+    def from_mapping(cls, config: Mapping[str, Any], *, testing: bool = False) -> GenevaConfig:
+        """Build and validate the configuration from ``app.config``; ``testing`` is the
+        app's ``TESTING`` flag (it decides what ``GENEVA_EMBEDDED_WORKER=None`` means)."""
         action = config["GENEVA_STUCK_RECOVERY_ACTION"]
         if action not in RECOVERY_ACTIONS:
             raise ConfigurationError(
@@ -100,9 +104,18 @@ class GenevaConfig:
             raise ConfigurationError(
                 f"GENEVA_EMBEDDED_WORKER_THREADS must be at least 1, got {threads}"
             )
+        broker_url = str(config["GENEVA_BROKER_URL"])
+        embedded = config["GENEVA_EMBEDDED_WORKER"]
+        if embedded is not None and not isinstance(embedded, bool):
+            raise ConfigurationError(
+                f"GENEVA_EMBEDDED_WORKER must be True, False or None (on when the broker is "
+                f"memory:// and the app is not testing), got {embedded!r}"
+            )
         return cls(
-            broker_url=str(config["GENEVA_BROKER_URL"]),
-            embedded_worker=bool(config["GENEVA_EMBEDDED_WORKER"]),
+            broker_url=broker_url,
+            embedded_worker=(
+                embedded_default(broker_url, testing=testing) if embedded is None else embedded
+            ),
             default_queue=str(config["GENEVA_DEFAULT_QUEUE"]),
             relay_in_workers=bool(config["GENEVA_RELAY_IN_WORKERS"]),
             delete_completed_workflows_after=_optional_timedelta(
@@ -140,6 +153,17 @@ def _whole_number(value: Any, key: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigurationError(f"{key} must be a whole number, got {value!r}") from None
+def embedded_default(broker_url: str, *, testing: bool) -> bool:
+    """What ``GENEVA_EMBEDDED_WORKER=None`` (the default) means: run the worker in the app
+    process when the broker is the in-process ``memory://`` one (nothing else could read
+    it) and the app is not testing (tests run steps with the testing helpers, or start
+    workers of their own)."""
+    return is_memory_broker(broker_url) and not testing
+
+
+def is_memory_broker(broker_url: str) -> bool:
+    """Whether ``GENEVA_BROKER_URL`` names Dramatiq's in-process broker."""
+    return broker_url.startswith("memory://")
 
 
 def _timedelta(value: Any, key: str) -> timedelta:

@@ -218,9 +218,33 @@ def _add_step(
             f"{namespace['__qualname__']}: {statement} takes a method or a callable(workflow), "
             f"got {function!r}"
         )
+    _refuse_redefined_method(namespace, function, options)
     marker = _StepMarker(function)
     _record(namespace, _StepRecord(function=function, marker=marker, options=options))
     return marker
+
+
+def _refuse_redefined_method(
+    namespace: dict[str, Any], function: Callable[..., Any], options: dict[str, Any]
+) -> None:
+    """Two ``@step`` methods of one name in one class body: the second would replace the
+    first, whose step would lose its name."""
+    method = getattr(function, "__name__", None)
+    earlier = namespace.get(method) if method is not None else None
+    if not isinstance(earlier, _StepMarker):
+        return
+    for record in namespace.get(PENDING_ATTRIBUTE, []):
+        if (
+            isinstance(record, _StepRecord)
+            and record.marker is earlier
+            and "name" in record.options
+            and "name" in options
+        ):
+            return  # both name their steps: only the method name repeats
+    raise StepConfigurationError(
+        f"{namespace['__qualname__']}.{method}: a step named {method!r} is already defined "
+        f"in this class (two @step methods named {method!r}); rename one of the methods"
+    )
 
 
 def cancel_if(*conditions: Condition) -> None:

@@ -15,7 +15,7 @@ class GenevaError(Exception):
 
 
 class ConfigurationError(GenevaError, ValueError):
-    """A ``GENEVA_*`` configuration value is invalid.
+    """A ``GENEVA_*`` configuration value (or the database URL) is invalid.
 
     Raised by ``init_app`` (and by whatever reads the value first), before anything is
     registered; the message names the key, the value and what it may be.
@@ -23,7 +23,8 @@ class ConfigurationError(GenevaError, ValueError):
 
 
 class SetupError(GenevaError, RuntimeError):
-    """The extension is set up in a way that cannot work: a second ``Geneva`` for one
+    """The extension is set up in a way that cannot work, or used before it is set up
+    on the app: a forgotten ``geneva.init_app(app)``, a second ``Geneva`` for one
     ``SQLAlchemy`` instance, a broker whose client library is not installed, and the
     like. The message says which call or install to make instead.
     """

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_geneva.config import DEFAULTS, GenevaConfig
-from flask_geneva.errors import InvalidHeroError
+from flask_geneva.errors import ConfigurationError, InvalidHeroError, SetupError
 from flask_geneva.ids import parse_hero_key
 from flask_geneva.logs import logger
 from flask_geneva.models import build_models
@@ -70,15 +70,15 @@ class Geneva:
         from flask_geneva.worker import GenevaState
 
         if "geneva" in app.extensions:
-            raise RuntimeError(
+            raise SetupError(
                 "flask_geneva is already registered on this app; call init_app once per app"
             )
         if "sqlalchemy" not in app.extensions:
-            raise RuntimeError("call db.init_app(app) before geneva.init_app(app)")
+            raise SetupError("call db.init_app(app) before geneva.init_app(app)")
         _check_database(app)
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
-        config = GenevaConfig.from_mapping(app.config)
+        config = GenevaConfig.from_mapping(app.config, testing=app.testing)
         state = GenevaState(self, app, config)
         app.extensions["geneva"] = state
         with self._lock:
@@ -171,6 +171,21 @@ class Geneva:
         return self.db.session.get(cls, key, populate_existing=True)
 
 
+def require_state(app: Flask | None = None) -> GenevaState:
+    """``app.extensions["geneva"]`` of ``app`` (default: the current app), or a
+    :class:`~flask_geneva.errors.SetupError` that says which call is missing."""
+    from flask import current_app
+
+    target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+    state = target.extensions.get("geneva")
+    if state is None:
+        raise SetupError(
+            f"flask_geneva is not set up on the app {target.name!r}: call "
+            f"geneva.init_app(app) in the app factory (after db.init_app(app))"
+        )
+    return state
+
+
 #: The databases geneva's statements are written and tested for.
 _SUPPORTED_DATABASES: Final = ("postgresql", "sqlite")
 
@@ -181,13 +196,13 @@ def _check_database(app: Flask) -> None:
     options = app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
     url = options.get("url") or app.config.get("SQLALCHEMY_DATABASE_URI")
     if url is None:
-        raise ValueError(
+        raise ConfigurationError(
             "flask_geneva keeps its tables in the app's default database: set "
             "SQLALCHEMY_DATABASE_URI (binds alone are not enough)"
         )
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() not in _SUPPORTED_DATABASES:
-        raise ValueError(
+        raise ConfigurationError(
             f"flask_geneva runs on PostgreSQL or SQLite; SQLALCHEMY_DATABASE_URI "
             f"({parsed.render_as_string(hide_password=True)}) is "
             f"{parsed.get_backend_name()}: point it at a PostgreSQL or SQLite database"

@@ -22,7 +22,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from flask import current_app
 
 from flask_geneva import machine
 from flask_geneva.runs import message_options
@@ -55,7 +54,9 @@ class HousekeepingResult:
 
 def run_housekeeping(now: datetime | None = None) -> HousekeepingResult:
     """Run cleanup and recovery for the current app; needs an app context."""
-    state = current_app.extensions["geneva"]
+    from flask_geneva.extension import require_state
+
+    state = require_state()
     config = state.config
     now = now or utcnow()
     deleted = 0

@@ -7,6 +7,12 @@ without a commit. A savepoint (``begin_nested()``) publishes nothing when it is 
 its messages wait for the transaction around it, and are forgotten if the savepoint is
 rolled back. A message the broker refused is handed to the relay once the session has
 given its connection back.
+
+A process that cannot deliver a message (the in-process ``memory://`` broker of an app
+with an embedded worker that does not run here: ``flask geneva resume`` on the command
+line, ``flask shell``) publishes nothing: it hands its rows to the relay of the process
+that serves the app, at once (on PostgreSQL with a NOTIFY; on SQLite that relay looks
+every second).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ logger = logging.getLogger("flask_geneva")
 PENDING_PUBLISH_KEY: Final = "geneva_pending_publish"
 #: ``session.info`` key of the messages the broker refused after the last commit.
 REFUSED_KEY: Final = "geneva_refused_publish"
+#: ``session.info`` key of the messages this process could not deliver (see above).
+UNDELIVERABLE_KEY: Final = "geneva_undeliverable_publish"
 #: The session classes whose sessions have the listeners below (see
 #: :func:`listen_to_sessions_of`; replaced, never changed in place, so that readers need
 #: no lock); other sessions get them one by one.
@@ -122,9 +130,11 @@ def _after_commit(session: Session) -> None:
         # through the savepoint's parents).
         return
     del session.info[PENDING_PUBLISH_KEY]
-    refused = _publish([message for _, message in pending])
+    refused, undeliverable = _publish([message for _, message in pending])
     if refused:
         session.info.setdefault(REFUSED_KEY, []).extend(refused)
+    if undeliverable:
+        session.info.setdefault(UNDELIVERABLE_KEY, []).extend(undeliverable)
 
 
 def _after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
@@ -152,7 +162,10 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
     session.info.pop(PENDING_PUBLISH_KEY, None)
     refused: list[PendingMessage] | None = session.info.pop(REFUSED_KEY, None)
     if refused:
-        _hand_to_relay(session, refused)
+        _hand_to_relay(session, refused, sent=True)
+    undeliverable: list[PendingMessage] | None = session.info.pop(UNDELIVERABLE_KEY, None)
+    if undeliverable:
+        _hand_to_relay(session, undeliverable, sent=False)
 
 
 def _inside(scope: SessionTransaction | None, savepoint: SessionTransaction) -> bool:
@@ -164,35 +177,48 @@ def _inside(scope: SessionTransaction | None, savepoint: SessionTransaction) -> 
     return False
 
 
-def _publish(messages: list[PendingMessage]) -> list[PendingMessage]:
+def _publish(
+    messages: list[PendingMessage],
+) -> tuple[list[PendingMessage], list[PendingMessage]]:
     """Publish the messages due at once, wake the relays for later ones; never raises.
-    Returns the messages the broker refused."""
+    Returns the messages the broker refused, and those this process cannot deliver."""
     refused: list[PendingMessage] = []
+    undeliverable: list[PendingMessage] = []
     later = False
     for message in messages:
         if not message.due_at_once:
             later = True
             continue
+        state = message.state
+        if not state.can_deliver:
+            undeliverable.append(message)
+            continue
         try:
-            message.state.publish(
+            state.publish(
                 message.execution_id, message.queue_name, message.priority, message.time_limit_ms
             )
-        except Exception:
-            logger.warning(
-                "could not publish step execution %s after commit; the relay will",
-                message.execution_id,
-                exc_info=True,
+        except Exception as error:
+            state.publish_outage.failed(
+                error,
+                f"step execution {message.execution_id} waits in the outbox, and the relay "
+                f"publishes it (and any others) once the broker answers",
             )
             refused.append(message)
+        else:
+            state.publish_outage.succeeded()
     if later:
         for state in {id(m.state): m.state for m in messages}.values():
             state.wake_relay()
-    return refused
+    return refused, undeliverable
 
 
-def _hand_to_relay(session: Session, refused: list[PendingMessage]) -> None:
-    """Mark the rows of messages the broker refused as never published, so that the
-    relay publishes them after ``GENEVA_RELAY_GRACE_PERIOD``; never raises.
+def _hand_to_relay(session: Session, messages: list[PendingMessage], *, sent: bool) -> None:
+    """Mark the rows of ``messages`` as not published, for the relay; never raises.
+
+    ``sent``: the broker refused them, and the relay publishes them after
+    ``GENEVA_RELAY_GRACE_PERIOD`` (their ``publish_count`` keeps the attempt). Else this
+    process could not deliver them: their ``publish_count`` goes back to 0, which the
+    relay publishes at once (woken by a NOTIFY on PostgreSQL).
 
     Runs once the session's transaction is over, on a connection of its own (the
     session's is back in the pool, so a full pool cannot leave it waiting for itself).
@@ -201,12 +227,17 @@ def _hand_to_relay(session: Session, refused: list[PendingMessage]) -> None:
     setups), the rows keep their mark and the relay publishes them after
     ``GENEVA_RELAY_REPUBLISH_AFTER``.
     """
+    from flask_geneva.scheduling import NOTIFY_CHANNEL
+
     by_model: dict[int, tuple[Any, list[Any]]] = {}
-    for message in refused:
+    for message in messages:
         model = message.state.geneva.OutboxMessage
         by_model.setdefault(id(model), (model, []))[1].append(message.execution_id)
     for model, execution_ids in by_model.values():
         outbox = model.__table__
+        marks: dict[str, Any] = {"published_at": None}
+        if not sent:
+            marks["publish_count"] = 0
         try:
             bind = session.get_bind(model)
             engine = bind if isinstance(bind, sa.Engine) else bind.engine
@@ -214,8 +245,10 @@ def _hand_to_relay(session: Session, refused: list[PendingMessage]) -> None:
                 connection.execute(
                     sa.update(outbox)
                     .where(outbox.c.execution_id.in_(execution_ids), outbox.c.publish_count == 1)
-                    .values(published_at=None, publish_count=0)
+                    .values(**marks)
                 )
+                if not sent and engine.dialect.name == "postgresql":
+                    connection.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
         except Exception:
             logger.warning(
                 "could not hand step execution(s) %s to the relay; it publishes them "

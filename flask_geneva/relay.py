@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 
 from flask_geneva.executor import EARLY_WAIT_MAX
+from flask_geneva.logs import OutageLog
 from flask_geneva.store.postgresql import NOTIFY_CHANNEL
 from flask_geneva.timeutil import as_utc, utcnow
 
@@ -83,6 +84,7 @@ class Relay:
         os.set_blocking(self._wake_write, False)
         self._listener: Any = None
         self._last_sweep = 0.0
+        self._outage = OutageLog(logger, "the outbox relay (database or broker)")
         #: Rows published since the relay started (for tests and the logs).
         self.published_count = 0
 
@@ -128,8 +130,11 @@ class Relay:
                     next_due = self.next_due()
                     self._ensure_listener()
                 backoff = BACKOFF_MIN_S
-            except Exception:
-                logger.exception("outbox relay failed; retrying in %.1f s", backoff)
+                self._outage.succeeded()
+            except Exception as error:
+                self._outage.failed(
+                    error, f"it retries with a back-off of up to {BACKOFF_MAX_S:.0f} s"
+                )
                 self._close_listener()
                 self._sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -179,6 +184,10 @@ class Relay:
         two relays never send the same row at once; a row whose send fails is released
         for the next pass.
         """
+        if not self.state.can_deliver:
+            # The in-process broker of an embedded app, in a process that runs no worker:
+            # the rows are for the relay of the process that serves the app.
+            return 0
         total = 0
         while True:
             count = self._publish_batch(now or utcnow())
@@ -201,11 +210,15 @@ class Relay:
             sa.and_(
                 outbox.c.available_at <= now,
                 sa.or_(
-                    # Due at once, and the fast path could not publish it (it marked
-                    # the row unpublished again; or an earlier version wrote it so).
+                    # Due at once, and the committing process did not publish it: it
+                    # could not deliver it (publish_count 0: the relay's at once), or
+                    # the broker refused it (after the grace period).
                     sa.and_(
                         outbox.c.published_at.is_(None),
-                        outbox.c.created_at <= now - self.grace_period,
+                        sa.or_(
+                            outbox.c.publish_count == 0,
+                            outbox.c.created_at <= now - self.grace_period,
+                        ),
                     ),
                     # Published (by the fast path or a relay) and never claimed: a
                     # lost message, a process that died before its publish, or one
@@ -235,22 +248,27 @@ class Relay:
         ).all()
         session.commit()
         failed: list[Any] = []
+        first_error: Exception | None = None
         for row in claimed:
             try:
                 self.state.publish(
                     row.execution_id, row.queue_name, row.priority, row.time_limit_ms
                 )
-            except Exception:
-                logger.warning(
+            except Exception as error:
+                logger.debug(
                     "could not publish step execution %s", row.execution_id, exc_info=True
                 )
+                first_error = first_error or error
                 failed.append(row.id)
         if failed:
             session.execute(
                 sa.update(outbox).where(outbox.c.id.in_(failed)).values(published_at=None)
             )
             session.commit()
-            raise RuntimeError(f"the broker refused {len(failed)} step message(s)")
+            raise RuntimeError(
+                f"the broker refused {len(failed)} step message(s): "
+                f"{type(first_error).__name__}: {first_error}"
+            ) from first_error
         self.published_count += len(claimed)
         if claimed:
             logger.debug("published %d step message(s)", len(claimed))

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from flask import current_app
-
 from flask_geneva.dsl import StepDefinition, WorkflowDefinition
 from flask_geneva.logs import logger
 from flask_geneva.store import MessageOptions, Store, store_for
@@ -96,7 +94,9 @@ def store_of(workflow_class: Any, session: Any) -> Store:
 def message_options(workflow_class: type | None) -> MessageOptions:
     """How the step messages of ``workflow_class`` are sent (its ``step_job_options``);
     the defaults for a class the code no longer defines."""
-    state = current_app.extensions["geneva"]
+    from flask_geneva.extension import require_state
+
+    state = require_state()
     if workflow_class is not None and not workflow_class.is_defined():  # type: ignore[attr-defined]
         workflow_class = None
     queue_name, priority, time_limit_ms = state.message_options_for(workflow_class)

@@ -20,8 +20,9 @@ import dramatiq
 from dramatiq.middleware import TimeLimit
 from flask import Flask
 
-from flask_geneva.brokers import make_broker
-from flask_geneva.config import GenevaConfig
+from flask_geneva.brokers import broker_problem, make_broker, redact_url
+from flask_geneva.config import GenevaConfig, is_memory_broker
+from flask_geneva.logs import OutageLog
 
 if TYPE_CHECKING:
     from flask_geneva.extension import Geneva
@@ -69,6 +70,24 @@ def _flask_run_reloads(app: Flask) -> bool:
     return "--reload" in args or app.debug or "--debug" in args
 
 
+def _show_step_logs() -> None:
+    """Let the steps' ``self.logger`` lines reach the terminal of an embedded app.
+
+    A ``dramatiq`` worker configures logging itself; ``flask run`` only gives
+    ``app.logger`` a handler. So, as Flask does for ``app.logger``, when nothing would
+    show the ``flask_geneva`` logger's INFO lines, it gets Flask's default handler (on
+    ``wsgi_errors_stream``) and the INFO level. Configure logging (``logging.basicConfig``
+    or ``dictConfig``) before the first request to decide otherwise.
+    """
+    from flask.logging import default_handler, has_level_handler
+
+    if has_level_handler(logger):
+        return  # the application configured logging: its choice
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(default_handler)
+
+
 class GenevaMiddleware(dramatiq.Middleware):
     """Worker-process duties: fresh engines after fork, the relay, the current message."""
 
@@ -80,6 +99,14 @@ class GenevaMiddleware(dramatiq.Middleware):
         self.state.dispose_engines()
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        problem = broker_problem(broker)
+        if problem is not None:
+            logger.error(
+                "this worker cannot reach its broker (GENEVA_BROKER_URL=%s): %s. It runs no "
+                "steps until the broker answers; start the broker or fix GENEVA_BROKER_URL",
+                redact_url(self.state.config.broker_url),
+                problem,
+            )
         self.state.warm_up()
         if self.state.config.relay_in_workers and not self.state.embedded_running:
             self.state.start_relay()
@@ -121,6 +148,11 @@ class GenevaState:
             config.broker_url, idle_timeout_ms=config.worker_idle_timeout_ms
         )
         self.broker.add_middleware(GenevaMiddleware(self))
+        if dramatiq.broker.global_broker is None:
+            # So that `dramatiq mymodule` (without `:broker`) runs this app's steps rather
+            # than consume Dramatiq's default broker; the first app set up in a process
+            # wins, and a global broker the application set itself is left alone.
+            dramatiq.set_broker(self.broker)
         self._actors_by_priority: dict[int, dramatiq.Actor[Any, Any]] = {}
         self._lock = threading.Lock()
         self.step_actor = self._actor_for_priority(0)
@@ -137,6 +169,8 @@ class GenevaState:
         self._relay: Relay | None = None
         self._embedded_worker: dramatiq.Worker | None = None
         self._embedded_pid: int | None = None
+        #: One warning per broker outage for the messages published after a commit.
+        self.publish_outage = OutageLog(logger, "publishing step messages to the broker")
 
     # ------------------------------------------------------------------ actors
 
@@ -283,6 +317,20 @@ class GenevaState:
     def embedded_running(self) -> bool:
         return self._embedded_worker is not None and self._embedded_pid == os.getpid()
 
+    @property
+    def can_deliver(self) -> bool:
+        """Whether a message published by this process reaches a worker.
+
+        False only for the in-process ``memory://`` broker of an app that runs its worker
+        embedded, in a process where it does not run (the ``flask geneva`` CLI, ``flask
+        shell``): such a process leaves its outbox rows to the serving process's relay.
+        """
+        return not (
+            is_memory_broker(self.config.broker_url)
+            and self.config.embedded_worker
+            and not self.embedded_running
+        )
+
     def install_embedded_worker_hooks(self) -> None:
         """Start the embedded worker when the app serves its first request."""
 
@@ -312,6 +360,7 @@ class GenevaState:
             )
             self._embedded_worker = worker
             self._embedded_pid = os.getpid()
+        _show_step_logs()
         worker.start()
         self.start_relay()
         atexit.register(self.stop_embedded_worker)

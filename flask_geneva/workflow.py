@@ -99,8 +99,10 @@ class WorkflowMixin:
         :raises WorkflowAlreadyOngoing: a second ongoing workflow of this class for this
             hero, unless ``allow_multiple``.
         """
+        from flask_geneva.extension import require_state
         from flask_geneva.lifecycle import create_workflow
 
+        require_state()
         return create_workflow(cls, hero=hero, data=data)
 
     # ---------------------------------------------------------------- reading
@@ -153,6 +155,7 @@ class WorkflowMixin:
 
         if self._in_step():
             raise flow.CancelSignal()
+        _require_setup()
         operations.cancel_workflow(self)
 
     def pause(self) -> None:
@@ -161,6 +164,7 @@ class WorkflowMixin:
 
         if self._in_step():
             raise flow.PauseSignal()
+        _require_setup()
         operations.pause_workflow(self)
 
     def skip(self) -> None:
@@ -169,12 +173,14 @@ class WorkflowMixin:
 
         if self._in_step():
             raise flow.SkipSignal()
+        _require_setup()
         operations.skip_step(self)
 
     def resume(self) -> None:
         """Resume a paused workflow (an operator action; not for use inside a step)."""
         from flask_geneva import operations
 
+        _require_setup()
         operations.resume_workflow(self)
 
     def reattempt(self, wait: Any = None) -> None:
@@ -212,3 +218,10 @@ class WorkflowMixin:
 
 
 _MISSING = object()
+
+
+def _require_setup() -> None:
+    """A clear error, not ``KeyError: 'geneva'``, when ``init_app`` was forgotten."""
+    from flask_geneva.extension import require_state
+
+    require_state()

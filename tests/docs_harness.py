@@ -12,7 +12,8 @@ The conventions, which ``docs/index.md`` ("About the examples") states for reade
   models the blocks before it defined.
 * A ``python`` block with ``title="some/file.py"`` is a file of the reader's project: it is
   written to that path (under the working directory, which is on ``sys.path``) and not
-  executed; later blocks import it. It must compile.
+  executed; later blocks import it. It must compile. A ``toml`` block with a title (a
+  ``pyproject.toml``) is written the same way.
 * ``<!-- docs-test: skip REASON -->`` right before a ``python`` block: the block is not
   run. The test suite lists every skipped block with its reason.
 * ``<!-- docs-test: pytest PATH -->``: run ``pytest PATH`` in the working directory (in a
@@ -264,6 +265,11 @@ def run_page(path: Path, workdir: Path) -> list[CodeBlock]:
                 if isinstance(item, Directive):
                     _run_pytest(item, workdir)
                     continue
+                if item.language == "toml" and item.title is not None:
+                    target = workdir / item.title
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(item.code, encoding="utf-8")
+                    continue
                 if item.language != "python":
                     continue
                 if item.skip_reason is not None:
@@ -303,12 +309,14 @@ def run_page(path: Path, workdir: Path) -> list[CodeBlock]:
 
 def _run_pytest(directive: Directive, workdir: Path) -> None:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(workdir)
+    # This checkout's flask_geneva, and not the reader's directory: the page must say how
+    # pytest finds the reader's modules (its pyproject.toml), as a reader's run needs.
+    env["PYTHONPATH"] = str(DOCS_DIR.parent)
     completed = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "pytest",
+            # The `pytest` command a reader types (`python -m pytest` would put the
+            # working directory on sys.path, which `pytest` does not).
+            str(Path(sys.executable).parent / "pytest"),
             "-q",
             "-p",
             "no:cacheprovider",

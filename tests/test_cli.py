@@ -720,6 +720,7 @@ app = Flask(__name__)
 app.config.update(
     SQLALCHEMY_DATABASE_URI=os.environ["CLI_TEST_DATABASE_URL"],
     GENEVA_BROKER_URL="memory://",
+    GENEVA_EMBEDDED_WORKER=False,  # no embedded worker elsewhere: this process publishes
 )
 db.init_app(app)
 geneva.init_app(app)

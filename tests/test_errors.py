@@ -157,7 +157,7 @@ def test_the_fallback_identity_is_reserved() -> None:
 
 
 def test_the_engine_raises_its_own_classes(app: Flask, user: Any) -> None:
-    with pytest.raises(flask_geneva.NotAWorkflowClassError, match="not on geneva.Workflow"):
+    with pytest.raises(flask_geneva.NotAWorkflowClassError, match=r"not on geneva\.Workflow"):
         geneva.Workflow.create(hero=user)
     with pytest.raises(flask_geneva.InvalidWorkflowDataError, match="takes a dict"):
         Errand.create(hero=user, data=["not", "a", "dict"])

@@ -61,12 +61,13 @@ def example_database() -> Iterator[str]:
 def test_the_example_app_runs_on_postgresql_and_redis_with_dramatiq_workers(
     example_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """`dramatiq example_app.worker` (the module form) runs the example's steps."""
     from tests.e2e_support import WorkerProcesses
 
     queue = f"example_{uuid.uuid4().hex[:8]}"
     env = {
         "DATABASE_URL": example_database,
-        "GENEVA_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "GENEVA_BROKER_URL": os.environ.get("GENEVA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
         "GENEVA_DEFAULT_QUEUE": queue,
         "EXAMPLE_SECONDS_PER_DAY": "0.1",
     }
@@ -76,9 +77,8 @@ def test_the_example_app_runs_on_postgresql_and_redis_with_dramatiq_workers(
     from example_app.models import db, geneva
 
     app = create_app()
-    workers = WorkerProcesses(
-        env, processes=2, threads=4, module="example_app.worker:broker", queue=queue
-    )
+    # The plain module form, without ":broker": the app's broker is Dramatiq's global one.
+    workers = WorkerProcesses(env, processes=2, threads=4, module="example_app.worker", queue=queue)
     with app.app_context():
         db.create_all()
         seed()

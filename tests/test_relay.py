@@ -145,8 +145,9 @@ def test_the_relay_covers_a_fast_path_that_failed(
     assert published(app) == []
     monkeypatch.setattr(state, "publish", real_publish)
     [row] = outbox_rows()
-    # The committing process marked its row as never published: the relay's to send.
-    assert (row.published_at, row.publish_count) == (None, 0)
+    # The committing process marked its row unpublished (the refused attempt counts):
+    # the relay's to send, after the grace period.
+    assert (row.published_at, row.publish_count) == (None, 1)
     relay = state.relay
     assert relay.publish_due(utcnow()) == 0  # still within the fast path's grace period
     assert relay.publish_due(row.created_at + relay.grace_period + timedelta(seconds=1)) == 1
@@ -172,7 +173,7 @@ def test_a_refused_message_is_handed_to_the_relay_after_the_session_lets_go_of_i
     Quick.create()
     db.session.commit()
     [row] = outbox_rows()
-    assert (row.published_at, row.publish_count) == (None, 0)
+    assert (row.published_at, row.publish_count) == (None, 1)
 
 
 def test_a_step_scheduled_in_a_savepoint_waits_for_the_transaction_around_it(

@@ -16,7 +16,7 @@ from tests.models import db, geneva
 
 SPEC_DEFAULTS = {
     "GENEVA_BROKER_URL": "memory://",
-    "GENEVA_EMBEDDED_WORKER": False,
+    "GENEVA_EMBEDDED_WORKER": None,
     "GENEVA_DEFAULT_QUEUE": "geneva",
     "GENEVA_RELAY_IN_WORKERS": True,
     "GENEVA_DELETE_COMPLETED_WORKFLOWS_AFTER": timedelta(days=30),
@@ -44,7 +44,7 @@ def test_every_configuration_key_has_its_documented_default():
         assert app.config[key] == default, key
     config = app.extensions["geneva"].config
     assert config.broker_url == "memory://"
-    assert config.embedded_worker is False
+    assert config.embedded_worker is True  # None: memory:// and not testing
     assert config.default_queue == "geneva"
     assert config.relay_in_workers is True
     assert config.delete_completed_workflows_after == timedelta(days=30)

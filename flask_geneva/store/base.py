@@ -414,9 +414,9 @@ class Store:
                  options: MessageOptions, available_at: datetime, now: datetime) -> None:
         """Arrange the publication of an outbox row this session wrote: at once after
         the commit when it is due, else by a relay."""
-        from flask import current_app
+        from flask_geneva.extension import require_state
 
-        state = current_app.extensions["geneva"]
+        state = require_state()
         remember_for_commit(session, PendingMessage(
             state, execution_id, options.queue_name, options.priority, options.time_limit_ms,
             available_at, now, workflow_id,
