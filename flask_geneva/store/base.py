@@ -18,6 +18,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from flask_geneva.loading import attach_as_loaded, values_from
 from flask_geneva.machine import NO_WAIT, Move, Plan, after_body
 from flask_geneva.machine import plan as plan_for
 from flask_geneva.publishing import PendingMessage, published_marks, remember_for_commit
@@ -116,7 +117,12 @@ class Store:
         self.uuid_keys = bool(geneva.uuid_primary_keys)
         self.sql = Statements(geneva)
         self._hero_guess: type | None = None
-        self._workflow_inserts: dict[type, Any] = {}
+        self._workflow_insert: Any = None
+        mapper: Any = sa.inspect(geneva.Workflow)
+        #: Attribute name → column name of what create() sets.
+        self._workflow_insert_columns = {
+            key: mapper.get_property(key).columns[0].name for key in WORKFLOW_INSERT_KEYS
+        }
 
     # -- locks ---------------------------------------------------------------------------
 
@@ -230,25 +236,33 @@ class Store:
 
     def insert_workflow(self, session: Session, cls: type, values: dict[str, Any]) -> Any:
         """Insert a workflow row and return it as a persistent ORM object, in one
-        statement; None, having written nothing, when the one-ongoing index refuses it
-        (the transaction stays usable, unlike after a failed flush)."""
-        statement = self._workflow_inserts.get(cls)
+        statement (the object built from what it returned: no unit of work, no second
+        read); None, having written nothing, when the one-ongoing index refuses it (the
+        transaction stays usable, unlike after a failed flush)."""
+        statement = self._workflow_insert
         if statement is None:
             index = self.sql.one_ongoing_index
-            statement = (
-                self._insert(cls)
-                .values({key: sa.bindparam(f"wf_{key}") for key in WORKFLOW_INSERT_KEYS})
+            table = self.sql.workflows
+            statement = self._workflow_insert = (
+                self._insert(table)
+                .values({column: sa.bindparam(f"wf_{column}") for column in
+                         self._workflow_insert_columns.values()})
                 .on_conflict_do_nothing(
                     index_elements=[column.name for column in index.columns],
                     index_where=index.dialect_options[self.dialect]["where"],
                 )
-                .returning(cls)
-            )
-            self._workflow_inserts[cls] = statement
-        params = {f"wf_{key}": values.get(key) for key in WORKFLOW_INSERT_KEYS}
-        return session.scalars(statement, params).first()
+                .returning(*table.c)
+            )  # fmt: skip
+        params = {
+            f"wf_{column}": values.get(key)
+            for key, column in self._workflow_insert_columns.items()
+        }
+        row = session.connection().execute(statement, params).one_or_none()
+        if row is None:
+            return None
+        return attach_as_loaded(session, cls, values_from(cls, row._mapping))
 
-    def _insert(self, cls: type) -> Any:
+    def _insert(self, table: Any) -> Any:
         """The dialect's ``INSERT`` construct (it knows ``ON CONFLICT``)."""
         raise NotImplementedError
 

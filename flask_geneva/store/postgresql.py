@@ -40,8 +40,8 @@ class PostgresStore(Store):
         super().__init__(geneva)
         self.combined = _CombinedStatements(self.sql)
 
-    def _insert(self, cls: type) -> Any:
-        return postgresql.insert(cls)
+    def _insert(self, table: Any) -> Any:
+        return postgresql.insert(table)
 
     def claim(self, session: Session, execution_id: Any, workflow_id: Any, step_name: str,
               now: datetime, message_id: str | None) -> None:

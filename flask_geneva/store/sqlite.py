@@ -21,8 +21,8 @@ class SqliteStore(Store):
     row_locks = False
     dialect = "sqlite"
 
-    def _insert(self, cls: type) -> Any:
-        return sqlite.insert(cls)
+    def _insert(self, table: Any) -> Any:
+        return sqlite.insert(table)
 
     def _take_write_lock(
         self, session: Session, execution_id: Any = None, workflow_id: Any = None
