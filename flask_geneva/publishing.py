@@ -227,7 +227,7 @@ def _hand_to_relay(session: Session, messages: list[PendingMessage], *, sent: bo
     setups), the rows keep their mark and the relay publishes them after
     ``GENEVA_RELAY_REPUBLISH_AFTER``.
     """
-    from flask_geneva.scheduling import NOTIFY_CHANNEL
+    from flask_geneva.store.postgresql import NOTIFY_CHANNEL
 
     by_model: dict[int, tuple[Any, list[Any]]] = {}
     for message in messages:
