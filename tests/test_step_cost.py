@@ -193,3 +193,26 @@ def test_an_inline_step_gets_its_hero_from_the_step_before(app, user):
     assert reads_in_step == []
     assert hero.email == "hero@example.com"
     assert db.session.get(geneva.Workflow, workflow_id).state == "finished"
+
+
+@pytest.mark.postgresql_only
+def test_a_worker_warmed_up_claims_its_first_hero_step_with_one_lock(
+    app, user, engine_events, monkeypatch
+):
+    """At boot a worker reads the hero classes of the newest workflows, so even its very
+    first claim loads the hero with the lock (three statements, no hero ``SELECT``)."""
+    from flask_geneva.store import store_for
+
+    wf = PlainStepsWorkflow.create(hero=user)
+    db.session.commit()
+    execution_id = scheduled_execution(wf).id
+    monkeypatch.setitem(geneva.__dict__, "_geneva_stores", {})  # a new process's stores
+    db.session.remove()
+    with app.app_context():
+        store_for(geneva, db.session).warm_up(db.session)
+    db.session.remove()
+    engine_events.clear()
+    with app.app_context():
+        result = execute_step(geneva, execution_id)
+    assert result is not None and result.exception is None
+    assert len(engine_events) - engine_events.count("COMMIT") == 3, engine_events

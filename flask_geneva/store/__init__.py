@@ -20,7 +20,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from flask_geneva.store.base import Applied, LockedStates, MessageOptions, Store, Target
+from flask_geneva.store.base import Store
+from flask_geneva.store.values import Applied, LockedStates, MessageOptions, Target
 
 __all__ = ["Applied", "LockedStates", "MessageOptions", "Store", "Target", "store_for"]
 

@@ -8,12 +8,11 @@ commit (:mod:`flask_geneva.publishing`).
 
 from __future__ import annotations
 
-import traceback
 import uuid
+from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -24,84 +23,16 @@ from flask_geneva.machine import plan as plan_for
 from flask_geneva.publishing import PendingMessage, published_marks, remember_for_commit
 from flask_geneva.states import StepState, WorkflowState
 from flask_geneva.store.statements import Statements
-from flask_geneva.text import bounded_backtrace, bounded_error_message
+from flask_geneva.store.values import (
+    HERO_SAMPLE,
+    WORKFLOW_INSERT_KEYS,
+    Applied,
+    LockedStates,
+    MessageOptions,
+    Target,
+    error_fields,
+)
 from flask_geneva.timeutil import utcnow
-
-
-@dataclass(frozen=True)
-class MessageOptions:
-    """How a workflow's step messages are sent (``step_job_options``)."""
-
-    queue_name: str
-    priority: int = 0
-    time_limit_ms: int | None = None
-
-
-@dataclass(frozen=True)
-class Target:
-    """The rows a plan is applied to: the workflow, the execution that ends (None when
-    an operator's action records a new one for ``step_name``), and the workflow's
-    execution count as read under its lock."""
-
-    workflow_id: Any
-    execution_id: Any | None
-    step_name: str | None
-    execution_count: int
-
-
-@dataclass(frozen=True)
-class LockedStates:
-    """What a lock of an execution reads: its state, its workflow's execution count, and
-    whose execution it is."""
-
-    execution_state: str
-    execution_count: int
-    workflow_id: Any
-
-
-@dataclass
-class Applied:
-    """What applying a plan wrote."""
-
-    #: The id of the execution the plan scheduled (or claimed at once), if any.
-    new_execution_id: Any = None
-    #: The workflow's columns as written, by attribute name.
-    workflow_values: dict[str, Any] = field(default_factory=dict)
-    #: With ``claim_next``: the workflow's whole row as it now is (keyed by column).
-    workflow_row: Any = None
-
-
-#: The workflow columns ``create()`` sets (by attribute name); the others take their
-#: defaults.
-WORKFLOW_INSERT_KEYS: Final = (
-    "workflow_class", "hero_type", "hero_id", "data", "state", "allow_multiple_flag",
-    "execution_count", "next_step_name", "created_at", "updated_at", "transitioned_at",
-)  # fmt: skip
-
-
-def error_fields(error: BaseException | None) -> dict[str, Any]:
-    """The columns that keep a failed attempt's error class, message and backtrace."""
-    if error is None:
-        return {"error_class_name": None, "error_message": None, "error_backtrace": None}
-    error_type = type(error)
-    name = error_type.__qualname__
-    if error_type.__module__ not in ("builtins", "__main__"):
-        name = f"{error_type.__module__}.{name}"
-    return {
-        "error_class_name": name[:255],
-        "error_message": bounded_error_message(_text_of(error)),
-        "error_backtrace": bounded_backtrace(
-            "".join(traceback.format_exception(error_type, error, error.__traceback__))
-        ),
-    }
-
-
-def _text_of(error: BaseException) -> str:
-    """``str(error)``, or a stand-in when the exception cannot say what it is."""
-    try:
-        return str(error)
-    except Exception as failure:  # an exception whose __str__ raises
-        return f"<str() of the {type(error).__name__} raised {type(failure).__name__}>"
 
 
 class Store:
@@ -492,8 +423,32 @@ class Store:
                                           (("", NO_WAIT), True)):
                 self.finalize(session, target, plan_for(returned, "", following), now,
                               options=options, claim_next=claim_next)
+            for hero_class in self._recent_hero_classes(session):
+                session.execute(
+                    self.sql.lock_with_hero(hero_class), {"hp_execution_id": nothing}
+                ).all()
+                self.lock_states_with_hero(session, nothing, hero_class)
         finally:
             session.rollback()
+
+    def _recent_hero_classes(self, session: Session) -> list[type]:
+        """The joinable hero classes of the newest workflows (a sample of
+        :data:`HERO_SAMPLE`), most frequent first; the first becomes the claims' guess."""
+        workflows = self.sql.workflows
+        sample = session.connection().execute(
+            sa.select(workflows.c.hero_type)
+            .order_by(workflows.c.id.desc())
+            .limit(HERO_SAMPLE)
+        ).scalars()
+        counts = Counter(hero_type for hero_type in sample if hero_type is not None)
+        classes = []
+        for hero_type, _ in counts.most_common(3):
+            hero_class = self.joinable_hero(hero_type)
+            if hero_class is not None:
+                classes.append(hero_class)
+        if classes and self._hero_guess is None:
+            self._hero_guess = classes[0]
+        return classes
 
 
 def _prefixed(values: dict[str, Any]) -> dict[str, Any]:

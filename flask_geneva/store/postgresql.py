@@ -24,8 +24,9 @@ from sqlalchemy.orm import Session
 
 from flask_geneva.machine import Move, Plan
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
-from flask_geneva.store.base import Applied, MessageOptions, Store, Target
+from flask_geneva.store.base import Store
 from flask_geneva.store.statements import Statements, insert_after, labelled, param
+from flask_geneva.store.values import Applied, MessageOptions, Target
 
 #: The PostgreSQL NOTIFY channel that wakes relays when a later step is scheduled.
 NOTIFY_CHANNEL: Final = "geneva_outbox"
