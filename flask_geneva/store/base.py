@@ -171,7 +171,11 @@ class Store:
         read); None, having written nothing, when the one-ongoing index refuses it (the
         transaction stays usable, unlike after a failed flush)."""
         statement = self._workflow_insert
-        if statement is None:
+        # Built again if a workflow class added a column to the table since: the
+        # returned row must hold every column the new object maps.
+        if statement is None or len(statement.returning_column_descriptions) != len(
+            self.sql.workflows.c
+        ):
             index = self.sql.one_ongoing_index
             table = self.sql.workflows
             statement = self._workflow_insert = (
