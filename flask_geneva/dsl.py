@@ -167,18 +167,9 @@ def _record(namespace: dict[str, Any], record: object) -> None:
 # The public statements.
 
 _STEP_OPTIONS: Final = SIGNAL_OPTIONS | frozenset(
-    {
-        "wait",
-        "skip_if",
-        "only_if",
-        "on_exception",
-        "max_reattempts",
-        "terminal_action",
-        "before_step",
-        "after_step",
-        "name",
-    }
-)
+    {"wait", "skip_if", "only_if", "on_exception", "max_reattempts", "terminal_action",
+     "before_step", "after_step", "name"}
+)  # fmt: skip
 
 
 @overload

@@ -482,3 +482,29 @@ def test_skipping_a_waiting_step(app, user):
     db.session.commit()
     assert wf.next_step_name == "done"
     assert _executions(wf)[1].state == "skipped"
+
+
+# -- UUID keys -------------------------------------------------------------------------
+
+
+def test_signals_with_uuid_keys(uuid_app):
+    from tests.uuid_models import uuid_db, uuid_geneva
+
+    class UuidWaiter(uuid_geneva.Workflow):
+        allow_multiple = True
+        may_proceed_without_hero = True
+
+        @step(wait_for="ping")
+        def wait_here(self):
+            self.data["got"] = self.received_signal.payload
+
+    wf = UuidWaiter.create()
+    uuid_db.session.commit()
+    assert speedrun_workflow(wf).state == "ready"
+    sig = uuid_geneva.send_signal(str(wf.id), "ping", payload=[1, 2], idempotency_key="u")
+    uuid_db.session.commit()
+    speedrun_workflow(wf)
+    assert wf.state == "finished" and wf.data["got"] == [1, 2]
+    uuid_db.session.refresh(sig)
+    assert sig.state == "consumed" and sig.execution_id is not None
+    assert uuid_geneva.send_signal(wf.id, "ping", idempotency_key="u").duplicate
