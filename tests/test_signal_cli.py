@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from flask_geneva.timeutil import utcnow
 from tests.helpers import reload
 from tests.models import db, geneva
 from tests.test_cli import assert_ok, assert_one_line_error, invoke
+from tests.uuid_models import uuid_db, uuid_geneva
 
 WORKFLOWS = geneva.Workflow.__table__
 EXECUTIONS = geneva.StepExecution.__table__
@@ -396,3 +398,40 @@ def test_show_lists_the_signals_pending_held_and_consumed(app):
     # The timeline keeps the record of what decide waited for.
     decide = [row for row in section(lines, "timeline") if " decide " in row]
     assert "completed/success" in decide[0] and "waited for 'approved'" in decide[0]
+
+
+# ------------------------------------------------------------------------ UUID keys
+
+
+class UuidSignalFlow(uuid_geneva.Workflow):
+    allow_multiple = True
+    may_proceed_without_hero = True
+
+    @step(wait_for="go")
+    def listen(self) -> None:
+        pass
+
+
+def test_signal_and_show_take_uuid_ids_and_the_ui_shows_them(uuid_app):
+    workflow = UuidSignalFlow.create()
+    uuid_db.session.commit()
+    workflow_id = str(workflow.id)
+
+    (line,) = assert_ok(invoke(uuid_app, "signal", workflow_id.upper(), "go", "--key", "k"))
+    assert line.startswith(f"signal 'go' stored for UuidSignalFlow #{workflow_id} (signal #")
+    lines = assert_ok(invoke(uuid_app, "show", workflow_id))
+    assert field(lines, "waiting") is not None
+    _header, row = section(lines, "signals")
+    assert row.split()[1:3] == ["'go'", "pending"]
+    assert "workflow ids are UUIDs" in assert_one_line_error(invoke(uuid_app, "signal", "1", "go"))
+
+    data = uuid_app.test_client().get(f"/geneva/workflows/{workflow_id}?format=json").get_json()
+    (signal,) = data["signals"]
+    assert uuid.UUID(signal["id"]) and signal["idempotency_key"] == "k"
+    assert data["workflow"]["waiting"]["execution_id"] == str(
+        uuid_db.session.scalar(
+            sa.select(uuid_geneva.StepExecution.id).where(
+                uuid_geneva.StepExecution.workflow_id == workflow.id
+            )
+        )
+    )
