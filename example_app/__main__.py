@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f" * expense claim workflow #{unanswered} waits for a manager; approve it with:")
         print(f"   curl -X POST -H 'Idempotency-Key: demo-1' -H 'Content-Type: application/json' "
               f"""-d '{{"ok": true, "by": "you"}}' {base}/approvals/{unanswered}/decision""")
+        print(f"   or: flask --app example_app.app geneva signal {unanswered} approved "
+              f"""--payload '{{"ok": true, "by": "you"}}' --key demo-1""")
         app.run(host=args.host, port=args.port, use_reloader=False)
         return 0
     deadline = time.monotonic() + args.timeout
