@@ -36,6 +36,7 @@ from flask_geneva.runs import (
 )
 from flask_geneva.states import StepState, WorkflowState
 from flask_geneva.store import Store, Target
+from flask_geneva.text import quoted, shorten
 from flask_geneva.timeutil import utcnow
 from flask_geneva.waiting import SignalWait
 
@@ -144,15 +145,11 @@ def claim(
         return StepResult(subject.execution_id, subject.step_name, "exception", problem)
 
     definition = cls._geneva_definition
-    error: BaseException | None
-    if awaited is not None and awaited.error is not None:
-        verdict, error = Verdict.EXCEPTION, awaited.error  # the signal predicate raised
-    else:
-        workflow.__dict__["_geneva_running"] = execution
-        try:
-            verdict, error = check_preconditions(workflow, step, definition)
-        finally:
-            workflow.__dict__.pop("_geneva_running", None)
+    workflow.__dict__["_geneva_running"] = execution
+    try:
+        verdict, error = check_preconditions(workflow, step, definition)
+    finally:
+        workflow.__dict__.pop("_geneva_running", None)
     policy = None
     if verdict == Verdict.EXCEPTION:
         assert error is not None
@@ -190,12 +187,10 @@ def claim(
 class Awaited:
     """What a step that waits for a signal finds at its claim: ``"signal"`` (the one it
     takes), ``"timeout"`` (its timeout ended first), ``"due"`` (a retry without a signal,
-    or a step no longer waiting), ``"wait"`` (nothing yet), or ``"error"`` (the
-    matcher's predicate raised)."""
+    or a step no longer waiting), or ``"wait"`` (nothing yet)."""
 
     kind: str
     signal: Any = None
-    error: BaseException | None = None
 
 
 def await_signal(
@@ -209,16 +204,29 @@ def await_signal(
         return Awaited("signal", held)
     if execution.waiting_for is None:
         return Awaited("due")
-    try:
-        for candidate in store.free_signals(session, workflow.id, wait.name):
-            if wait.matcher.matches(workflow, candidate):
-                return Awaited("signal", candidate)
-    except STEP_FAILURES as error:
-        return Awaited("error", error=error)
+    for candidate in store.free_signals(session, workflow.id, wait.name):
+        if _matches(wait, workflow, execution, candidate):
+            return Awaited("signal", candidate)
     deadline = execution.scheduled_for
     if timeout_elapsed or (deadline is not None and deadline <= now):
         return Awaited("timeout")
     return Awaited("wait")
+
+
+def _matches(wait: SignalWait, workflow: Any, execution: Any, signal: Any) -> bool:
+    """Whether the step takes ``signal``. A predicate that raises does not match that
+    signal (logged): a malformed payload from outside must not stop the step from taking
+    a good signal that comes after it."""
+    try:
+        return wait.matcher.matches(workflow, signal)
+    except STEP_FAILURES as error:
+        workflow_logger(workflow, execution).warning(
+            "the SignalMatcher predicate of step %s raised for signal #%s %s (%s: %s); "
+            "that signal counts as not matching and stays pending",
+            quoted(execution.step_name), signal.id, quoted(signal.name),
+            type(error).__name__, shorten(str(error), 500),
+        )  # fmt: skip
+        return False
 
 
 def _keep_waiting(

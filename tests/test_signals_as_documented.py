@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from flask_geneva import SignalMatcher, step
+from flask_geneva import SignalMatcher, WaitingForSignalError, step
 from flask_geneva.housekeeping import run_housekeeping
 from flask_geneva.testing import perform_next_step, speedrun_workflow
 from flask_geneva.timeutil import utcnow
@@ -92,19 +92,22 @@ def _executions(wf):
     ).all()
 
 
-def test_a_predicate_that_raises_is_handled_like_a_precondition(app):
+def test_a_predicate_that_raises_does_not_match_that_signal(app, caplog):
     wf = DocsPredicateFlow.create()
-    wf.signal("event", payload={"boom": True})
+    bad = wf.signal("event", payload={"boom": True})
     db.session.commit()
-    # The helpers show a precondition's exception to the test, like a step's.
-    with pytest.raises(KeyError, match="the predicate failed"):
+    # The malformed signal is passed over (and logged); the step waits on.
+    with pytest.raises(WaitingForSignalError):
         perform_next_step(wf)
-    assert wf.state == "paused"  # the default policy
-    [execution] = _executions(wf)
-    assert (execution.state, execution.outcome) == ("failed", "failed")
-    assert execution.error_class_name == "KeyError"
-    [signal] = _signals(wf)
-    assert (signal.state, signal.execution_id) == ("pending", None)  # not taken
+    assert wf.state == "ready"
+    assert "raised for signal #" in caplog.text and "the predicate failed" in caplog.text
+    good = wf.signal("event", payload={"fine": True})
+    db.session.commit()
+    speedrun_workflow(wf)
+    assert wf.state == "finished" and wf.data["got"] == {"fine": True}
+    states = {s.id: (s.state, s.execution_id) for s in _signals(wf)}
+    assert states[bad.id] == ("pending", None)
+    assert states[good.id][0] == "consumed"
 
 
 def test_finish_consumes_the_signal_cancel_leaves_it_pending(app):
