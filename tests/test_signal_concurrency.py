@@ -390,12 +390,6 @@ def test_two_transactions_sending_one_key_at_once_are_serialised_by_the_workflow
         assert rows == [(outcome[0], {"from": "second"})]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: signal() marks the session's one object for the stored row as duplicate, "
-    "so the result of the first call turns duplicate too (signalling.py sets "
-    "stored.duplicate on the identity-mapped row)",
-)
 def test_a_repeated_key_does_not_change_what_the_first_call_returned(pg_e2e: E2E) -> None:
     workflow = AwaitsFirst.create()
     db.session.commit()
