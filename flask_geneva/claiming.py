@@ -95,6 +95,14 @@ def claim(
     if step is not None and step.signal is not None:
         awaited = await_signal(store, session, workflow, execution, step.signal, now,
                                timeout_elapsed=timeout_elapsed)
+        deadline = execution.scheduled_for
+        lead = prelock if store.row_locks else timedelta(0)
+        if awaited.kind == "wait" and not ignore_schedule and deadline is not None \
+                and deadline - now <= lead:
+            # Locked just ahead of the deadline, as a waited step is: the timeout comes
+            # at it (a signal sent meanwhile waits for these locks and stays pending).
+            now = _wait_until_due(deadline, lead, now)
+            awaited = Awaited("timeout")
         if awaited.kind == "wait":
             def again() -> Claim | StepResult | None:
                 return claim(
@@ -104,7 +112,8 @@ def claim(
                 )  # fmt: skip
 
             return _keep_waiting(session, store, workflow, execution, now, ignore_schedule,
-                                 waited=waited, early_wait_max=early_wait_max, retry=again)
+                                 waited=waited, early_wait_max=early_wait_max, lead=lead,
+                                 retry=again)
     waiting = execution.waiting_for is not None  # due when woken, whatever scheduled_for says
     if not waiting and not ignore_schedule and execution.scheduled_for > now + early_tolerance:
         session.rollback()
@@ -199,14 +208,15 @@ def await_signal(
 ) -> Awaited:
     """Find the signal the execution runs with, under the workflow's lock: the one its
     step holds from an earlier attempt, else the oldest pending one that matches."""
-    held = store.held_signal(session, workflow.id)
-    if held is not None:
-        return Awaited("signal", held)
-    if execution.waiting_for is None:
-        return Awaited("due")
-    for candidate in store.free_signals(session, workflow.id, wait.name):
+    for candidate in store.signal_candidates(session, workflow.id, wait.name):
+        if candidate.execution_id is not None:  # held from an earlier attempt
+            return Awaited("signal", candidate)
+        if execution.waiting_for is None:
+            return Awaited("due")
         if _matches(wait, workflow, execution, candidate):
             return Awaited("signal", candidate)
+    if execution.waiting_for is None:
+        return Awaited("due")
     deadline = execution.scheduled_for
     if timeout_elapsed or (deadline is not None and deadline <= now):
         return Awaited("timeout")
@@ -231,12 +241,12 @@ def _matches(wait: SignalWait, workflow: Any, execution: Any, signal: Any) -> bo
 
 def _keep_waiting(
     session: Session, store: Store, workflow: Any, execution: Any, now: datetime,
-    ignore_schedule: bool, *, waited: bool, early_wait_max: timedelta,
+    ignore_schedule: bool, *, waited: bool, early_wait_max: timedelta, lead: timedelta,
     retry: Callable[[], Claim | StepResult | None],
 ) -> Claim | StepResult | None:
     """No signal for a waiting execution yet: it waits on, its outbox row at its
     deadline (none without one). Just ahead of the deadline (the relay publishes a
-    little ahead), wait for it instead, without holding the locks, and claim again."""
+    little ahead), wait without the locks until ``lead`` before it, and claim again."""
     deadline = execution.scheduled_for
     key, step_name = execution.id, execution.step_name
     if ignore_schedule:
@@ -244,7 +254,7 @@ def _keep_waiting(
         return StepResult(key, step_name, "waiting")
     if deadline is not None and not waited and deadline - now <= early_wait_max:
         session.rollback()
-        time.sleep(max((deadline - now).total_seconds(), 0.0))
+        time.sleep(max((deadline - now - lead).total_seconds(), 0.0))
         return retry()
     store.withdraw(session, key)
     if deadline is not None:

@@ -563,3 +563,21 @@ def test_a_view_that_forgets_to_commit_is_logged_when_the_request_ends(app, user
         assert app.test_client().post(f"/forgetful/{wf_id}").status_code == 202
     assert "was rolled back, never committed" in caplog.text
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Signal)) == 0
+
+
+def test_a_message_just_ahead_of_the_deadline_times_out_at_the_deadline_not_before(app, user):
+    wf = _approval(user)
+    speedrun_workflow(wf)
+    _, waiting = _executions(wf)
+    deadline = utcnow() + timedelta(milliseconds=120)
+    db.session.execute(
+        sa.update(Execution).where(Execution.id == waiting.id).values(scheduled_for=deadline)
+    )
+    db.session.commit()
+    # The relay publishes a little ahead: the worker waits for the deadline, then the
+    # timeout runs the body (which cancels without a signal).
+    result = execute_step(geneva, waiting.id)
+    assert result is not None and result.outcome == "cancel"
+    db.session.expire_all()
+    ran = db.session.get(Execution, waiting.id)
+    assert ran.started_at >= deadline
