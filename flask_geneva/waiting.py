@@ -32,8 +32,8 @@ class SignalMatcher:
 
     ``@step(wait_for=SignalMatcher("paid", lambda wf, sig: sig.payload["order"] == wf.id))``
     waits for the oldest pending ``paid`` signal the predicate accepts. The predicate
-    runs in the worker, under the workflow's lock, before the step is claimed; an
-    exception there is handled like one from a precondition.
+    runs in the worker, under the workflow's lock, before the step is claimed; one that
+    raises for a signal does not match that signal (a warning is logged).
     """
 
     name: str
