@@ -10,7 +10,8 @@ hand with the project's virtualenv; it runs the DBOS part (``dbos_signals.py``) 
 
 Like ``run.py`` it takes the benchmark lock, starts a private ``redis-server`` and uses
 the ``geneva_bench`` database, with real ``dramatiq`` workers (``signals_bench:broker``,
-2 processes x 8 threads, ``GENEVA_WORKER_IDLE_TIMEOUT_MS`` 10, the relay in each).
+2 processes x 8 threads, ``GENEVA_WORKER_IDLE_TIMEOUT_MS`` 100 (the default), the relay in
+each).
 
 What it measures, in milliseconds:
 
@@ -529,7 +530,7 @@ def main() -> None:
         p.add_argument("--signals", type=int, default=200)
         p.add_argument("--timeouts", type=int, default=100)
         p.add_argument("--heavy", type=int, default=2000, help="0: no heavy part")
-        p.add_argument("--idle-timeout-ms", type=int, default=10,
+        p.add_argument("--idle-timeout-ms", type=int, default=100,
                        help="GENEVA_WORKER_IDLE_TIMEOUT_MS of the workers")  # fmt: skip
         p.add_argument("--workdir", default="")
         p.add_argument("--output", default="")
