@@ -24,6 +24,7 @@ from flask_geneva.errors import (
     WaitingForSignalError,
     WorkflowAlreadyOngoing,
     WorkflowClassNotFoundError,
+    WorkflowNotFoundError,
 )
 from flask_geneva.extension import Geneva
 from flask_geneva.policies import ExceptionPolicy
@@ -55,6 +56,7 @@ __all__ = [
     "WaitingForSignalError",
     "WorkflowAlreadyOngoing",
     "WorkflowClassNotFoundError",
+    "WorkflowNotFoundError",
     "WorkflowState",
     "cancel_if",
     "on_exception",

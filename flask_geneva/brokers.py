@@ -36,6 +36,8 @@ WAKE_TOKENS_KEPT: Final = 64
 #: How long a consumer whose prefetch is full waits before it looks again (seconds): it
 #: must not take a wake token another process's idle consumer could use.
 FULL_PREFETCH_PAUSE: Final = 0.005
+#: The longest such pause, while the prefetch stays full (seconds).
+FULL_PREFETCH_PAUSE_MAX: Final = 0.02
 #: The longest one blocking wait on a wake list (seconds), whatever the idle timeout:
 #: below redis-py's default socket timeout (5 s) and far below Dramatiq's heartbeat
 #: timeout (a consumer's fetch is its heartbeat).
@@ -77,9 +79,11 @@ class GenevaRedisBroker(RedisBroker):
             return super().consume(queue_name, prefetch, timeout)
         # Asked for no timeout, Dramatiq's consumer never sleeps: the wait is ours.
         inner = super().consume(queue_name, prefetch, 0)
-        return WakeableConsumer(
-            inner, self.client, self.wake_key(queue_name), self.idle_timeout_ms / 1000
-        )
+        wait = self.idle_timeout_ms / 1000
+        socket_timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        if isinstance(socket_timeout, int | float) and socket_timeout > 0:
+            wait = min(wait, socket_timeout / 2)  # a blocking pop must end before it
+        return WakeableConsumer(inner, self.client, self.wake_key(queue_name), wait)
 
 
 class WakeableConsumer(Consumer):
@@ -94,6 +98,7 @@ class WakeableConsumer(Consumer):
         self.idle_seconds = idle_seconds
         #: What the wrapped consumer would have slept (for the worker's tests): none.
         self.timeout = round(idle_seconds * 1000)
+        self._full_pause = FULL_PREFETCH_PAUSE
 
     def __next__(self) -> MessageProxy | None:
         message = next(self.inner)
@@ -102,8 +107,12 @@ class WakeableConsumer(Consumer):
         prefetch = getattr(self.inner, "prefetch", None)
         outstanding = getattr(self.inner, "outstanding_message_count", 0)
         if prefetch is not None and outstanding >= prefetch:
-            time.sleep(FULL_PREFETCH_PAUSE)  # no room for a message: leave the tokens
+            # No room for a message: leave the tokens to others, and look again soon
+            # (backing off up to FULL_PREFETCH_PAUSE_MAX while it stays full).
+            time.sleep(self._full_pause)
+            self._full_pause = min(self._full_pause * 2, FULL_PREFETCH_PAUSE_MAX)
             return None
+        self._full_pause = FULL_PREFETCH_PAUSE
         try:
             self.client.blpop([self.wake_key], timeout=min(self.idle_seconds, WAKE_WAIT_MAX))
         except redis.TimeoutError:

@@ -95,6 +95,15 @@ def claim(
     if step is not None and step.signal is not None:
         awaited = await_signal(store, session, workflow, execution, step.signal, now,
                                timeout_elapsed=timeout_elapsed)
+        if awaited.kind == "start":
+            if ignore_schedule:
+                awaited = Awaited("timeout") if timeout_elapsed else Awaited("wait")
+            else:
+                store.start_waiting(session, execution.id, workflow.id, step.signal, now,
+                                    message_options(type(workflow)))
+                session.commit()
+                log.info("execution %s waits for signal %r from now", key, step.signal.name)
+                return None
         deadline = execution.scheduled_for
         lead = prelock if store.row_locks else timedelta(0)
         if awaited.kind == "wait" and not ignore_schedule and deadline is not None \
@@ -195,8 +204,9 @@ def claim(
 @dataclass(frozen=True)
 class Awaited:
     """What a step that waits for a signal finds at its claim: ``"signal"`` (the one it
-    takes), ``"timeout"`` (its timeout ended first), ``"due"`` (a retry without a signal,
-    or a step no longer waiting), or ``"wait"`` (nothing yet)."""
+    takes), ``"timeout"`` (its timeout ended first), ``"wait"`` (nothing yet), or
+    ``"start"`` (nothing yet, and the execution was scheduled before its step waited for
+    signals: it starts waiting)."""
 
     kind: str
     signal: Any = None
@@ -208,27 +218,32 @@ def await_signal(
 ) -> Awaited:
     """Find the signal the execution runs with, under the workflow's lock: the one its
     step holds from an earlier attempt, else the oldest pending one that matches."""
-    for candidate in store.signal_candidates(session, workflow.id, wait.name):
+    for candidate in store.signal_candidates(session, workflow.id, execution.step_name,
+                                             wait.name):
         if candidate.execution_id is not None:  # held from an earlier attempt
             return Awaited("signal", candidate)
-        if execution.waiting_for is None:
-            return Awaited("due")
-        if _matches(wait, workflow, execution, candidate):
+        if _matches(store, session, wait, workflow, execution, candidate):
             return Awaited("signal", candidate)
     if execution.waiting_for is None:
-        return Awaited("due")
+        # Scheduled before its step came to wait for a signal (a deploy): it waits now.
+        return Awaited("start")
     deadline = execution.scheduled_for
     if timeout_elapsed or (deadline is not None and deadline <= now):
         return Awaited("timeout")
     return Awaited("wait")
 
 
-def _matches(wait: SignalWait, workflow: Any, execution: Any, signal: Any) -> bool:
+def _matches(store: Store, session: Session, wait: SignalWait, workflow: Any, execution: Any,
+             signal: Any) -> bool:
     """Whether the step takes ``signal``. A predicate that raises does not match that
     signal (logged): a malformed payload from outside must not stop the step from taking
-    a good signal that comes after it."""
+    a good signal that comes after it. It runs in a savepoint where a failed statement
+    would abort the transaction (PostgreSQL)."""
+    if wait.matcher.predicate is None:
+        return signal.name == wait.name
     try:
-        return wait.matcher.matches(workflow, signal)
+        with store.contained(session):
+            return wait.matcher.matches(workflow, signal)
     except STEP_FAILURES as error:
         workflow_logger(workflow, execution).warning(
             "the SignalMatcher predicate of step %s raised for signal #%s %s (%s: %s); "

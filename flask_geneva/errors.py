@@ -100,3 +100,8 @@ class WaitingForSignalError(GenevaError, ValueError):
 class InvalidSignalError(GenevaError, ValueError):
     """A signal's name, payload or idempotency key cannot be stored; the message says
     which and why."""
+
+
+class WorkflowNotFoundError(GenevaError, LookupError):
+    """No workflow has the id given to ``geneva.send_signal()`` (or the id is not a
+    workflow id at all); the message names it."""

@@ -219,6 +219,9 @@ def _recover_one(
         machine.plan(machine.recovery(action), step_name, None),
         now,
         options=message_options(type(workflow)),
+        # A step waiting for a signal whose timeout ended long ago: its new execution
+        # keeps that deadline (it times out at once unless a signal came), not a new one.
+        keep_deadline=execution.scheduled_for if execution.waiting_for is not None else None,
     )
     session.commit()
     logger.warning(

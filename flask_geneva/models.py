@@ -342,7 +342,7 @@ def build_models(
                 "geneva_signals_idempotency", "workflow_id", "name", "idempotency_key",
                 unique=True,
             ),
-            sa.Index("geneva_signals_pending", "workflow_id", "state", "name", "id"),
+            sa.Index("geneva_signals_pending", "workflow_id", "state", "name", "created_at"),
         )
 
         def __repr__(self) -> str:

@@ -18,7 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from flask_geneva.errors import InvalidSignalError, InvalidStateError
+from flask_geneva.errors import (
+    InvalidInputError,
+    InvalidSignalError,
+    InvalidStateError,
+    WorkflowNotFoundError,
+)
 from flask_geneva.extension import require_state
 from flask_geneva.ids import parse_workflow_id
 from flask_geneva.jsonvalues import json_problem
@@ -81,13 +86,17 @@ def send_signal_by_id(geneva: Any, workflow_id: Any, name: Any, payload: Any = N
                       idempotency_key: Any = None) -> Any:
     """:func:`send_signal` for the workflow of ``workflow_id``, in ``db.session``.
 
-    :raises LookupError: no workflow has that id.
+    :raises WorkflowNotFoundError: (a ``LookupError``) no workflow has that id, or it is
+        not a workflow id at all.
     """
     state = require_state()
     name, payload, key = checked_signal(
         name, payload, idempotency_key, state.config.max_signal_payload
     )
-    key_value = parse_workflow_id(geneva, workflow_id)
+    try:
+        key_value = parse_workflow_id(geneva, workflow_id)
+    except InvalidInputError as error:
+        raise WorkflowNotFoundError(f"no workflow with id {quoted(workflow_id)}: {error}") from None
     return _store(geneva.db.session(), geneva, key_value, name, payload, key)
 
 
@@ -96,7 +105,7 @@ def _store(session: Session, geneva: Any, workflow_id: Any, name: str, payload: 
     store = store_for(geneva, session)
     locked = store.lock_workflow(session, workflow_id)
     if locked is None:
-        raise LookupError(f"no workflow with id {quoted(workflow_id)}")
+        raise WorkflowNotFoundError(f"no workflow with id {quoted(workflow_id)}")
     if key is not None:
         stored = store.stored_signal(session, locked.id, name, key)
         if stored is not None:

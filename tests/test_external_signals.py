@@ -315,8 +315,9 @@ def test_send_signal_by_id(app, user):
     assert geneva.send_signal(str(wf.id), "approved", idempotency_key="x").duplicate
     with pytest.raises(LookupError, match="no workflow with id 987654"):
         geneva.send_signal(987654, "approved")
-    with pytest.raises(ValueError):
-        geneva.send_signal("not-an-id", "approved")
+    for malformed in ("not-an-id", None, 2**70):
+        with pytest.raises(LookupError, match="no workflow with id"):
+            geneva.send_signal(malformed, "approved")
 
 
 def test_a_signal_does_not_commit_and_a_rollback_keeps_the_step_waiting(app, user):

@@ -215,15 +215,24 @@ def pending_signals(geneva: Any, workflow: Any, name: str) -> int:
 
 
 def held_signal(geneva: Any, workflow: Any) -> Any | None:
-    """The id of the pending signal a step of the workflow holds (took, and its attempt
-    did not end well), or None: a retry or a resume runs with it, without waiting."""
+    """The id of the pending signal the workflow's next step holds (took, and its
+    attempt did not end well), or None: a retry or a resume runs with it, without
+    waiting. (A signal held by another step is no step's to run with.)"""
     model = geneva.WorkflowSignal
+    executions = geneva.StepExecution
+    if workflow.next_step_name is None:
+        return None
     return geneva.db.session.scalar(
         sa.select(model.id)
         .where(
             model.workflow_id == workflow.id,
             model.state == SignalState.PENDING,
-            model.execution_id.is_not(None),
+            model.execution_id.in_(
+                sa.select(executions.id).where(
+                    executions.workflow_id == workflow.id,
+                    executions.step_name == workflow.next_step_name,
+                )
+            ),
         )
         .limit(1)
     )

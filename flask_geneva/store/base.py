@@ -244,13 +244,16 @@ class Store(SignalWrites):
               options: MessageOptions, error: BaseException | None = None,
               started: tuple[datetime, str | None] | None = None, withdraw: bool = True,
               release_at: datetime | None = None, release: bool = True,
-              claim_next: bool = False, message_id: str | None = None) -> Applied:
+              claim_next: bool = False, message_id: str | None = None,
+              keep_deadline: datetime | None = None) -> Applied:
         """Write ``plan`` for rows the caller has locked.
 
         ``started`` marks an execution that ends without having run (a precondition
         decided) with its start time and message; ``withdraw`` drops its outbox row;
         ``release_at`` is when a kept execution runs again (:data:`Move.RELEASE`), and
-        ``release`` False leaves it without a message (it waits for a signal).
+        ``release`` False leaves it without a message (it waits for a signal);
+        ``keep_deadline``: a scheduled step that waits for a signal keeps this timeout
+        end (housekeeping's recovery of a waiting execution).
         """
         connection = session.connection()
         transition = plan.transition
@@ -303,7 +306,7 @@ class Store(SignalWrites):
             else:
                 applied.new_execution_id = self.schedule(
                     session, target.workflow_id, step_name=plan.schedule, sequence=count,
-                    run_at=run_at, now=now, options=options,
+                    run_at=run_at, now=now, options=options, deadline=keep_deadline,
                 )
         values["execution_count"] = count
         statement = self.sql.update_workflow.values(
@@ -333,15 +336,16 @@ class Store(SignalWrites):
 
     def schedule(self, session: Session, workflow_id: Any, *, step_name: str, sequence: int,
                  run_at: datetime, now: datetime, options: MessageOptions,
-                 fresh: bool = False) -> Any:
+                 fresh: bool = False, deadline: datetime | None = None) -> Any:
         """Add a ``scheduled`` execution of ``step_name`` and its outbox row, to be
         published after the commit (the workflow row is the caller's to update).
         Returns the new execution's id. A step that waits for a signal waits (see
-        :meth:`wait_plan`; ``fresh``: the workflow was just created)."""
+        :meth:`wait_plan`; ``fresh``: the workflow was just created; ``deadline``: the
+        end of a timeout kept from the execution this one replaces)."""
         wait = options.signal_waits.get(step_name)
         if wait is not None:
-            waits, deadline, wake_at = self.wait_plan(session, workflow_id, wait, now,
-                                                      fresh=fresh)
+            waits, deadline, wake_at = self.wait_plan(session, workflow_id, step_name, wait,
+                                                      now, fresh=fresh, deadline=deadline)
             if waits:
                 return self._schedule_waiting(session, workflow_id, step_name, sequence,
                                               wait.name, deadline, wake_at, now, options)

@@ -34,29 +34,40 @@ class SignalStatements:
         executions = geneva.StepExecution.__table__
         workflow_id = sa.bindparam("sg_workflow_id", type_=table.c.workflow_id.type)
         pending = table.c.state == SignalState.PENDING
+        # A signal is held by a *step*: taken by an execution of that step (the same
+        # step's retry runs with it; another step never sees it).
+        of_step = model.execution_id.in_(
+            sa.select(executions.c.id).where(
+                executions.c.workflow_id == workflow_id,
+                executions.c.step_name == sa.bindparam("sg_step", type_=table.c.name.type),
+            )
+        )
         self.held = (
             sa.select(model)
             .where(model.workflow_id == workflow_id, model.state == SignalState.PENDING,
-                   model.execution_id.is_not(None))
-            .order_by(model.id)
+                   model.execution_id.is_not(None), of_step)
+            .order_by(model.created_at, model.id)
             .limit(1)
         )  # fmt: skip
-        #: What a claim may take: the held signal first, then the free ones of the name,
-        #: oldest first (one statement).
+        #: What a claim may take: the signal the step holds first, then the free ones of
+        #: the name, oldest first (``created_at``: UUID keys have no order), in one
+        #: statement.
         self.candidates = (
             sa.select(model)
             .where(model.workflow_id == workflow_id, model.state == SignalState.PENDING,
-                   sa.or_(model.execution_id.is_not(None),
-                          model.name == sa.bindparam("sg_name", type_=table.c.name.type)))
-            .order_by(model.execution_id.is_(None), model.id)
+                   sa.or_(sa.and_(model.execution_id.is_not(None), of_step),
+                          sa.and_(model.execution_id.is_(None), model.name == sa.bindparam(
+                              "sg_name", type_=table.c.name.type))))
+            .order_by(model.execution_id.is_(None), model.created_at, model.id)
         )  # fmt: skip
         self.any_pending = sa.select(
             sa.exists().where(
                 table.c.workflow_id == workflow_id,
                 pending,
                 sa.or_(
-                    table.c.execution_id.is_not(None),
-                    table.c.name == sa.bindparam("sg_name", type_=table.c.name.type),
+                    sa.and_(table.c.execution_id.is_not(None), of_step),
+                    sa.and_(table.c.execution_id.is_(None),
+                            table.c.name == sa.bindparam("sg_name", type_=table.c.name.type)),
                 ),
             )
         )
@@ -90,10 +101,13 @@ class SignalStatements:
                    executions.c.waiting_for == sa.bindparam("sg_name", type_=table.c.name.type))
             .with_for_update()
         )  # fmt: skip
-        self.stop_waiting = (
+        self.start_waiting = (
             sa.update(executions)
             .where(executions.c.id == sa.bindparam("sg_execution_id", type_=table.c.id.type))
-            .values(waiting_for=None)
+            .values(
+                waiting_for=sa.bindparam("sg_name", type_=table.c.name.type),
+                scheduled_for=sa.bindparam("sg_deadline", type_=executions.c.scheduled_for.type),
+            )
         )
 
 
@@ -144,16 +158,19 @@ class SignalWrites:
 
     # -- taking and consuming ------------------------------------------------------------
 
-    def held_signal(self, session: Session, workflow_id: Any) -> Any:
-        """The signal the workflow's current step took in an earlier attempt, or None."""
-        return session.scalars(self.signal_sql.held, {"sg_workflow_id": workflow_id}).first()
-
-    def signal_candidates(self, session: Session, workflow_id: Any, name: str) -> Any:
-        """The signal the workflow's step holds (first, if any), then the pending signals
-        named ``name`` no step has taken, oldest first."""
+    def held_signal(self, session: Session, workflow_id: Any, step_name: str) -> Any:
+        """The signal step ``step_name`` took in an earlier attempt, or None."""
         return session.scalars(
-            self.signal_sql.candidates, {"sg_workflow_id": workflow_id, "sg_name": name}
-        )
+            self.signal_sql.held, {"sg_workflow_id": workflow_id, "sg_step": step_name}
+        ).first()
+
+    def signal_candidates(self, session: Session, workflow_id: Any, step_name: str,
+                          name: str) -> Any:
+        """The signal step ``step_name`` holds (first, if any), then the pending signals
+        named ``name`` no step has taken, oldest first."""
+        return session.scalars(self.signal_sql.candidates, {
+            "sg_workflow_id": workflow_id, "sg_step": step_name, "sg_name": name,
+        })  # fmt: skip
 
     def hold_signal(self, session: Session, signal: Any, execution_id: Any) -> None:
         """Give ``signal`` to the execution that runs with it (still pending)."""
@@ -169,29 +186,39 @@ class SignalWrites:
             "sg_workflow_id": workflow_id, "sg_execution_id": execution_id, "sg_now": now,
         })  # fmt: skip
 
-    def stop_waiting(self, session: Session, execution_id: Any) -> None:
-        """Mark a waiting execution as no longer waiting (it runs now)."""
-        session.connection().execute(
-            self.signal_sql.stop_waiting, {"sg_execution_id": execution_id}
-        )
+    def start_waiting(self, session: Session, execution_id: Any, workflow_id: Any,
+                      wait: SignalWait, now: datetime, options: MessageOptions) -> None:
+        """Turn a scheduled execution into one that waits for ``wait`` from now (its
+        step came to wait for a signal after it was scheduled: a deploy), its outbox row
+        at the new deadline (none without a timeout)."""
+        deadline = None if wait.timeout is None else now + wait.timeout
+        session.connection().execute(self.signal_sql.start_waiting, {
+            "sg_execution_id": execution_id, "sg_name": wait.name, "sg_deadline": deadline,
+        })  # fmt: skip
+        self.withdraw(session, execution_id)
+        if deadline is not None:
+            self.enqueue(session, execution_id, workflow_id, options, deadline, now)
 
     # -- waiting -------------------------------------------------------------------------
 
-    def wait_plan(self, session: Session, workflow_id: Any, wait: SignalWait, now: datetime,
-                  *, fresh: bool = False) -> tuple[bool, datetime | None, datetime | None]:
-        """How a newly scheduled execution of a step that waits for ``wait`` starts:
-        ``(waits, deadline, wake_at)``. It does not wait when the workflow holds a signal
-        (a retry runs with it); otherwise its deadline is the end of the timeout, and it
-        wakes now when a matching signal is pending, at the deadline otherwise (None:
-        no outbox row). ``fresh``: a workflow just created, which has no signals."""
-        deadline = None if wait.timeout is None else now + wait.timeout
+    def wait_plan(self, session: Session, workflow_id: Any, step_name: str, wait: SignalWait,
+                  now: datetime, *, fresh: bool = False, deadline: datetime | None = None,
+                  ) -> tuple[bool, datetime | None, datetime | None]:
+        """How a newly scheduled execution of ``step_name``, which waits for ``wait``,
+        starts: ``(waits, deadline, wake_at)``. It does not wait when the step holds a
+        signal (a retry runs with it); otherwise its deadline is the end of the timeout
+        (or ``deadline``, one kept from before), and it wakes now when a matching signal
+        is pending, at the deadline otherwise (None: no outbox row). ``fresh``: a
+        workflow just created, which has no signals."""
+        if deadline is None and wait.timeout is not None:
+            deadline = now + wait.timeout
         if fresh:
             return True, deadline, deadline
-        if self.held_signal(session, workflow_id) is not None:
+        if self.held_signal(session, workflow_id, step_name) is not None:
             return False, None, now
-        pending = session.connection().execute(
-            self.signal_sql.any_pending, {"sg_workflow_id": workflow_id, "sg_name": wait.name}
-        ).scalar()
+        pending = session.connection().execute(self.signal_sql.any_pending, {
+            "sg_workflow_id": workflow_id, "sg_step": step_name, "sg_name": wait.name,
+        }).scalar()  # fmt: skip
         return True, deadline, now if pending else deadline
 
     def release_time(self, session: Session, workflow_id: Any, execution: Any,
@@ -201,10 +228,10 @@ class SignalWrites:
         waits without one and needs no message)."""
         if execution.waiting_for is None:
             return execution.scheduled_for
-        pending = session.connection().execute(
-            self.signal_sql.any_pending,
-            {"sg_workflow_id": workflow_id, "sg_name": execution.waiting_for},
-        ).scalar()
+        pending = session.connection().execute(self.signal_sql.any_pending, {
+            "sg_workflow_id": workflow_id, "sg_step": execution.step_name,
+            "sg_name": execution.waiting_for,
+        }).scalar()  # fmt: skip
         return now if pending else execution.scheduled_for
 
     # Provided by Store.
