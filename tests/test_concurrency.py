@@ -16,7 +16,7 @@ from flask_geneva.executor import execute_step
 from tests.helpers import history, note_texts, scheduled_execution
 from tests.models import Note, User, db, geneva
 
-pytestmark = pytest.mark.postgresql_only
+pytestmark = pytest.mark.row_locks
 
 #: How long a thread may wait for the other one before the test fails (seconds).
 DEADLINE = 20
