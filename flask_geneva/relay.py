@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 
+from flask_geneva.databases import is_mysql
 from flask_geneva.executor import EARLY_WAIT_MAX
 from flask_geneva.logs import OutageLog
 from flask_geneva.store.postgresql import NOTIFY_CHANNEL
@@ -227,25 +228,7 @@ class Relay:
                 ),
             ),
         )
-        candidates = (
-            sa.select(outbox.c.id)
-            .where(due)
-            .order_by(outbox.c.available_at)
-            .limit(BATCH_SIZE)
-            .with_for_update(skip_locked=True)
-        )
-        claimed = session.execute(
-            sa.update(outbox)
-            .where(outbox.c.id.in_(candidates.scalar_subquery()))
-            .values(published_at=now, publish_count=outbox.c.publish_count + 1)
-            .returning(
-                outbox.c.id,
-                outbox.c.execution_id,
-                outbox.c.queue_name,
-                outbox.c.priority,
-                outbox.c.time_limit_ms,
-            )
-        ).all()
+        claimed = self._claim_batch(session, outbox, due, now)
         session.commit()
         failed: list[Any] = []
         first_error: Exception | None = None
@@ -273,6 +256,35 @@ class Relay:
         if claimed:
             logger.debug("published %d step message(s)", len(claimed))
         return len(claimed)
+
+    @staticmethod
+    def _claim_batch(session: Any, outbox: sa.Table, due: Any, now: datetime) -> list[Any]:
+        """Mark up to :data:`BATCH_SIZE` due rows published, skipping rows another relay
+        holds; the rows marked."""
+        columns = (
+            outbox.c.id, outbox.c.execution_id, outbox.c.queue_name, outbox.c.priority,
+            outbox.c.time_limit_ms,
+        )  # fmt: skip
+        candidates = (
+            sa.select(outbox.c.id)
+            .where(due)
+            .order_by(outbox.c.available_at)
+            .limit(BATCH_SIZE)
+            .with_for_update(skip_locked=True)
+        )
+        mark = sa.update(outbox).values(
+            published_at=now, publish_count=outbox.c.publish_count + 1
+        )
+        if not is_mysql(session.get_bind().dialect.name):
+            return session.execute(
+                mark.where(outbox.c.id.in_(candidates.scalar_subquery())).returning(*columns)
+            ).all()
+        # MariaDB and MySQL take no LIMIT in an IN subquery, nor an UPDATE of the table
+        # it reads, nor (MySQL) UPDATE ... RETURNING: lock the rows, then mark them.
+        rows = session.execute(candidates.with_only_columns(*columns)).all()
+        if rows:
+            session.execute(mark.where(outbox.c.id.in_([row.id for row in rows])))
+        return rows
 
     def _republish_due(self, outbox: sa.Table, now: datetime) -> Any:
         """Published rows that look lost. Each time again they wait twice as long:
