@@ -108,9 +108,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         database = None if callspec is None else callspec.params.get("database_url")
         if database is None:
             continue
-        if item.get_closest_marker("postgresql_only") is not None and database != "postgresql":
-            dropped.append(item)
-        elif item.get_closest_marker("row_locks") is not None and database == "sqlite":
+        postgresql_only = item.get_closest_marker("postgresql_only") is not None
+        row_locks = item.get_closest_marker("row_locks") is not None
+        if (postgresql_only and database != "postgresql") or (row_locks and database == "sqlite"):
             dropped.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -103,5 +103,5 @@ class MysqlStore(Store):
 
 def _is_duplicate_of(error: sa.exc.IntegrityError, index_name: str | None) -> bool:
     """Whether ``error`` is a duplicate key on the index ``index_name``."""
-    args = getattr(error.orig, "args", ())
+    args: tuple[Any, ...] = getattr(error.orig, "args", ())
     return bool(args) and args[0] == DUPLICATE_KEY and f"{index_name}'" in str(args[-1])
