@@ -29,7 +29,7 @@ class StepRun(db.Model):  # type: ignore[name-defined,misc]
     workflow_id: Mapped[str] = mapped_column(sa.String(64), index=True)
     step_name: Mapped[str] = mapped_column(sa.String(64))
     execution_id: Mapped[str] = mapped_column(sa.String(64))
-    started_at: Mapped[float] = mapped_column(sa.Float)
+    started_at: Mapped[float] = mapped_column(sa.Double)  # FLOAT is 4 bytes on MariaDB
     pid: Mapped[int] = mapped_column(default=0)
 
 

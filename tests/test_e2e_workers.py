@@ -1,4 +1,5 @@
-"""End to end: real ``dramatiq`` worker processes on Redis (and RabbitMQ) and PostgreSQL.
+"""End to end: real ``dramatiq`` worker processes on Redis (and RabbitMQ), on PostgreSQL
+and MariaDB.
 
 Each test starts workers as ``dramatiq tests.e2e_app:broker`` — the relay runs inside
 them — and creates workflows from this process, like a web process would.
@@ -21,7 +22,8 @@ from flask import Flask
 
 from flask_geneva.housekeeping import run_housekeeping
 from flask_geneva.publishing import PENDING_PUBLISH_KEY
-from flask_geneva.timeutil import utcnow
+from flask_geneva.timeutil import as_utc, utcnow
+from tests.conftest import SERVER_DATABASES
 from tests.e2e_app import (
     HangingWorkflow,
     StepRun,
@@ -101,10 +103,12 @@ def _e2e(pg_database_url: str, broker_url: str) -> Iterator[E2E]:
                 engine.dispose()
 
 
-@pytest.fixture
-def e2e(pg_database_url: str) -> Iterator[E2E]:
+@pytest.fixture(params=SERVER_DATABASES)
+def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
+    """Workers on Redis, on PostgreSQL and on MariaDB."""
     _require_redis()
-    yield from _e2e(pg_database_url, REDIS_URL)
+    prefix = "pg" if request.param == "postgresql" else request.param
+    yield from _e2e(request.getfixturevalue(f"{prefix}_database_url"), REDIS_URL)
 
 
 def _create(cls: Any, count: int) -> list[Any]:
@@ -125,7 +129,7 @@ def test_a_workflow_with_waits_finishes_with_its_steps_on_time(e2e: E2E) -> None
     ).all()
     assert len(executions) == 9
     for scheduled_for, body_started, step_name in executions:
-        lateness = body_started - scheduled_for.timestamp()
+        lateness = body_started - as_utc(scheduled_for).timestamp()
         # Never early (one clock here), and started promptly: the relay wakes at the due
         # time rather than on its poll interval.
         assert lateness >= -0.01, (step_name, lateness)
@@ -399,12 +403,22 @@ def test_workers_survive_a_database_outage(e2e: E2E) -> None:
     workers = e2e.start_workers()
     ids = _create(WaitingWorkflow, 20)
     wait_until(lambda: len(e2e.runs()) >= 20, message="the first steps")
-    db.session.execute(
-        sa.text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
         )
-    )
+    else:
+        others = db.session.scalars(
+            sa.text(
+                "SELECT id FROM information_schema.processlist "
+                "WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            )
+        ).all()
+        for connection_id in others:
+            db.session.execute(sa.text(f"KILL CONNECTION {int(connection_id)}"))
     db.session.commit()
     wait_until(lambda: e2e.all_finished(ids), timeout=120, message="the workflows to finish")
     assert workers.popen is not None and workers.popen.poll() is None
