@@ -16,8 +16,10 @@ fast path, :mod:`flask_geneva.publishing`). The relay publishes everything else:
 
 It wakes when the earliest wait ends, when this process commits a row for later, and on
 PostgreSQL when any process does (``LISTEN geneva_outbox``; the scheduling transaction
-sends ``NOTIFY``), so a step starts within milliseconds of its due time. Several relays
-may run at once: on PostgreSQL each claims its rows with ``FOR UPDATE SKIP LOCKED``.
+sends ``NOTIFY``); on MariaDB and MySQL with a Redis broker, a wake-up on a Redis channel
+does that (:mod:`flask_geneva.wakeups`). So a step starts within milliseconds of its due
+time. Several relays may run at once: on PostgreSQL, MariaDB and MySQL each claims its
+rows with ``FOR UPDATE SKIP LOCKED``.
 Errors (the database or the broker is down) are logged; the relay backs off and goes on.
 """
 
@@ -121,8 +123,23 @@ class Relay:
 
     def run_forever(self) -> None:
         """Publish due rows until :meth:`stop`; survive database and broker outages."""
-        backoff = BACKOFF_MIN_S
         logger.info("outbox relay started")
+        done = threading.Event()
+        wakeups = self.state.wakeups
+        if wakeups is not None:
+            threading.Thread(
+                target=wakeups.listen, args=(self.wake, done), name="geneva-relay-wakeups",
+                daemon=True,
+            ).start()
+        try:
+            self._run_until_stopped()
+        finally:
+            done.set()
+            self._close_listener()
+            logger.info("outbox relay stopped")
+
+    def _run_until_stopped(self) -> None:
+        backoff = BACKOFF_MIN_S
         while not self._stop.is_set():
             try:
                 with self.state.app.app_context():
@@ -141,8 +158,6 @@ class Relay:
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             self._sleep(self._timeout_until(next_due))
-        self._close_listener()
-        logger.info("outbox relay stopped")
 
     def _timeout_until(self, next_due: datetime | None) -> float:
         poll = POLL_INTERVAL_POSTGRESQL_S if self._listener is not None else POLL_INTERVAL_SQLITE_S

@@ -128,12 +128,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 def make_app(database_url: str, **config: Any) -> Flask:
     app = Flask("geneva_tests")
-    app.config.update(
-        SQLALCHEMY_DATABASE_URI=database_url,
-        TESTING=True,
-        GENEVA_BROKER_URL="memory://",
-        **config,
-    )
+    app.config.update({
+        "SQLALCHEMY_DATABASE_URI": database_url, "TESTING": True,
+        "GENEVA_BROKER_URL": "memory://", **config,
+    })  # fmt: skip
     db.init_app(app)
     geneva.init_app(app)
     return app

@@ -82,6 +82,17 @@ class WaitingWorkflow(geneva.Workflow):
         record(self)
 
 
+class SoonWorkflow(geneva.Workflow):
+    """A first step 0.4 s after creation: sooner than a relay's poll, so a relay in
+    another process must be woken to publish it on time."""
+
+    may_proceed_without_hero = True
+
+    @step(wait=timedelta(milliseconds=400))
+    def soon(self) -> None:
+        record(self)
+
+
 class HangingWorkflow(geneva.Workflow):
     """Its step hangs on its first attempt (until the worker is killed)."""
 
