@@ -105,11 +105,17 @@ def _e2e(pg_database_url: str, broker_url: str) -> Iterator[E2E]:
 
 
 @pytest.fixture(params=SERVER_DATABASES)
-def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
+def server_database_url(request: pytest.FixtureRequest) -> str:
+    """This run's PostgreSQL database, then its MariaDB database."""
+    prefix = "pg" if request.param == "postgresql" else request.param
+    return str(request.getfixturevalue(f"{prefix}_database_url"))
+
+
+@pytest.fixture
+def e2e(server_database_url: str) -> Iterator[E2E]:
     """Workers on Redis, on PostgreSQL and on MariaDB."""
     _require_redis()
-    prefix = "pg" if request.param == "postgresql" else request.param
-    yield from _e2e(request.getfixturevalue(f"{prefix}_database_url"), REDIS_URL)
+    yield from _e2e(server_database_url, REDIS_URL)
 
 
 def _create(cls: Any, count: int) -> list[Any]:
@@ -404,9 +410,9 @@ def _pings(client: redis.Redis) -> bool:
 
 
 def test_workers_and_relays_survive_a_broker_outage(
-    pg_database_url: str, private_redis: Any
+    server_database_url: str, private_redis: Any
 ) -> None:
-    for e2e in _e2e(pg_database_url, private_redis.url):
+    for e2e in _e2e(server_database_url, private_redis.url):
         workers = e2e.start_workers()
         ids = _create(WaitingWorkflow, 20)
         wait_until(lambda e2e=e2e: len(e2e.runs()) >= 20, message="the first steps")

@@ -177,6 +177,33 @@ def test_a_database_geneva_does_not_run_on_is_refused_at_init_app():
     assert "geneva" not in app.extensions
 
 
+def test_a_mariadb_connector_url_is_a_supported_database():
+    """``mariadb+mariadbconnector://`` (a stand-in DBAPI module: the driver need not be
+    installed to be recognised) and MariaDB's store and wake-up channel are chosen."""
+    from types import SimpleNamespace
+
+    from flask_geneva.store import store_for
+    from flask_geneva.store.mysql import MysqlStore
+
+    app = Flask("geneva_setup_tests")
+    app.config["SQLALCHEMY_DATABASE_URI"] = "mariadb+mariadbconnector://someone@db.example/shop"
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "module": SimpleNamespace(paramstyle="qmark", __name__="mariadb")
+    }
+    app.config["GENEVA_BROKER_URL"] = "redis://127.0.0.1:6379/0"
+    own_db = SQLAlchemy()
+    own_db.init_app(app)
+    own_geneva = Geneva(db=own_db)
+    own_geneva.init_app(app)
+    state = app.extensions["geneva"]
+    assert state.wakeups is not None
+    assert state.wakeups.channel.endswith(":geneva-outbox:db.example:/shop")
+    with app.app_context():
+        session = SimpleNamespace(get_bind=lambda: own_db.engine)
+        assert own_db.engine.dialect.name == "mariadb"
+        assert isinstance(store_for(own_geneva, session), MysqlStore)
+
+
 def test_mariadb_with_another_isolation_level_is_refused_at_init_app():
     app = Flask("geneva_setup_tests")
     app.config["SQLALCHEMY_DATABASE_URI"] = "mysql+pymysql://someone@db.example/shop"
