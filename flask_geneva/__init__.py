@@ -12,6 +12,7 @@ from flask_geneva.errors import (
     GenevaError,
     InvalidHeroError,
     InvalidInputError,
+    InvalidSignalError,
     InvalidStateError,
     InvalidWorkflowDataError,
     NotAWorkflowClassError,
@@ -20,12 +21,14 @@ from flask_geneva.errors import (
     StepLimitReachedError,
     StepNotDefinedError,
     UnknownStepError,
+    WaitingForSignalError,
     WorkflowAlreadyOngoing,
     WorkflowClassNotFoundError,
 )
 from flask_geneva.extension import Geneva
 from flask_geneva.policies import ExceptionPolicy
-from flask_geneva.states import StepOutcome, StepState, WorkflowState
+from flask_geneva.states import SignalState, StepOutcome, StepState, WorkflowState
+from flask_geneva.waiting import SignalMatcher
 
 __version__ = "0.1.0.dev0"
 
@@ -36,16 +39,20 @@ __all__ = [
     "GenevaError",
     "InvalidHeroError",
     "InvalidInputError",
+    "InvalidSignalError",
     "InvalidStateError",
     "InvalidWorkflowDataError",
     "NotAWorkflowClassError",
     "SetupError",
+    "SignalMatcher",
+    "SignalState",
     "StepConfigurationError",
     "StepLimitReachedError",
     "StepNotDefinedError",
     "StepOutcome",
     "StepState",
     "UnknownStepError",
+    "WaitingForSignalError",
     "WorkflowAlreadyOngoing",
     "WorkflowClassNotFoundError",
     "WorkflowState",

@@ -17,15 +17,21 @@ from flask_geneva import signals
 from flask_geneva.dsl import StepDefinition
 from flask_geneva.flow import FlowControlSignal
 from flask_geneva.logs import workflow_logger
+from flask_geneva.machine import timeout_call
 from flask_geneva.models import json_snapshot
 from flask_geneva.policies import ExceptionPolicy
 from flask_geneva.runs import STEP_FAILURES, Subject, send
 
 
 def run_body(
-    session: Session, workflow: Any, execution: Any, step: StepDefinition, subject: Subject
+    session: Session, workflow: Any, execution: Any, step: StepDefinition, subject: Subject,
+    *, timed_out: bool = False,
 ) -> tuple[FlowControlSignal | None, BaseException | None]:
-    """Run the step body and flush its writes; returns its flow-control call or error."""
+    """Run the step body and flush its writes; returns its flow-control call or error.
+
+    ``timed_out``: the step's signal timeout ended first; unless its ``on_timeout`` is
+    ``"run"``, the body does not run and the timeout's call (skip, cancel, pause) stands
+    for it."""
     call: FlowControlSignal | None = None
     error: BaseException | None = None
     body_started = time.perf_counter()
@@ -33,6 +39,10 @@ def run_body(
     try:
         try:
             snapshot = json_snapshot(workflow.data)
+            if timed_out and step.signal is not None:
+                instead = timeout_call(step.signal.on_timeout)
+                if instead is not None:
+                    raise instead
             step.perform(workflow)
         except FlowControlSignal as raised:
             call = raised

@@ -10,6 +10,8 @@ precondition that ends the execution is applied in this same transaction.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -35,6 +37,7 @@ from flask_geneva.runs import (
 from flask_geneva.states import StepState, WorkflowState
 from flask_geneva.store import Store, Target
 from flask_geneva.timeutil import utcnow
+from flask_geneva.waiting import SignalWait
 
 #: A message may run its execution this much before ``scheduled_for`` (clock skew between
 #: the relay's machine and the worker's).
@@ -62,9 +65,14 @@ def claim(
     early_wait_max: timedelta,
     prelock: timedelta,
     waited: bool = False,
+    timeout_elapsed: bool = False,
 ) -> Claim | StepResult | None:
     """Claim execution ``key``: a :class:`Claim` to run, a :class:`StepResult` when a
-    precondition ended it, or None when there is nothing to run."""
+    precondition ended it, or None when there is nothing to run.
+
+    A step that waits for a signal is claimed when a matching signal is pending or its
+    timeout has ended (``timeout_elapsed``: a testing helper says it has); otherwise it
+    goes back to waiting (with ``ignore_schedule``, a ``"waiting"`` result says so)."""
     locked = store.lock_for_claim(session, key)
     if locked is None:
         session.rollback()
@@ -81,12 +89,28 @@ def claim(
         log.info("workflow is %s; execution %s stays scheduled", workflow.state, key)
         return None
     now = utcnow()
-    if not ignore_schedule and execution.scheduled_for > now + early_tolerance:
+    step, problem = _step_of(workflow, execution)
+    awaited = None
+    if step is not None and step.signal is not None:
+        awaited = await_signal(store, session, workflow, execution, step.signal, now,
+                               timeout_elapsed=timeout_elapsed)
+        if awaited.kind == "wait":
+            def again() -> Claim | StepResult | None:
+                return claim(
+                    session, store, key, message_id, ignore_schedule, started,
+                    early_tolerance=early_tolerance, early_wait_max=early_wait_max,
+                    prelock=prelock, waited=True, timeout_elapsed=timeout_elapsed,
+                )  # fmt: skip
+
+            return _keep_waiting(session, store, workflow, execution, now, ignore_schedule,
+                                 waited=waited, early_wait_max=early_wait_max, retry=again)
+    waiting = execution.waiting_for is not None  # due when woken, whatever scheduled_for says
+    if not waiting and not ignore_schedule and execution.scheduled_for > now + early_tolerance:
         session.rollback()
         log.info("execution %s is not due until %s", key, execution.scheduled_for)
         return None
     # A step due at once never waits.
-    if not ignore_schedule and execution.scheduled_for > execution.created_at:
+    if not waiting and not ignore_schedule and execution.scheduled_for > execution.created_at:
         early = execution.scheduled_for - now
         lead = prelock if store.row_locks else timedelta(0)
         if not waited and lead < early <= early_wait_max:
@@ -96,7 +120,7 @@ def claim(
             return claim(
                 session, store, key, message_id, ignore_schedule, started,
                 early_tolerance=early_tolerance, early_wait_max=early_wait_max,
-                prelock=prelock, waited=True,
+                prelock=prelock, waited=True, timeout_elapsed=timeout_elapsed,
             )  # fmt: skip
         if lead:
             # Locked just ahead of the due time: the rest (checks, claim) comes at it.
@@ -110,7 +134,6 @@ def claim(
         execution_id=execution.id,
         step_name=execution.step_name,
     )
-    step, problem = _step_of(workflow, execution)
     if step is None:
         assert problem is not None
         _end_unclaimed(session, store, workflow, execution, machine.step_missing(), now,
@@ -121,21 +144,29 @@ def claim(
         return StepResult(subject.execution_id, subject.step_name, "exception", problem)
 
     definition = cls._geneva_definition
-    workflow.__dict__["_geneva_running"] = execution
-    try:
-        verdict, error = check_preconditions(workflow, step, definition)
-    finally:
-        workflow.__dict__.pop("_geneva_running", None)
+    error: BaseException | None
+    if awaited is not None and awaited.error is not None:
+        verdict, error = Verdict.EXCEPTION, awaited.error  # the signal predicate raised
+    else:
+        workflow.__dict__["_geneva_running"] = execution
+        try:
+            verdict, error = check_preconditions(workflow, step, definition)
+        finally:
+            workflow.__dict__.pop("_geneva_running", None)
     policy = None
     if verdict == Verdict.EXCEPTION:
         assert error is not None
         policy = resolve_policy(step.on_exception, definition.class_policies, error)
     if verdict == Verdict.PASSED or (policy is not None and policy.handler is not None):
+        taken = awaited.signal if awaited is not None and verdict == Verdict.PASSED else None
+        if taken is not None:
+            store.hold_signal(session, taken, execution.id)
         mark_in_progress(session, store, workflow, execution, step.name, now, message_id)
         commit_keeping_objects(session)
         if verdict == Verdict.PASSED:
             send(signals.precondition_checked, subject, "passed", None, started)
-        return Claim(workflow, execution, step, definition, subject, precondition_error=error)
+        return Claim(workflow, execution, step, definition, subject, precondition_error=error,
+                     signal=taken, timed_out=awaited is not None and awaited.kind == "timeout")
 
     if verdict == Verdict.EXCEPTION:
         assert policy is not None and error is not None
@@ -153,6 +184,68 @@ def claim(
     log.info("precondition ended execution %s: %s", subject.execution_id, verdict.value)
     send(signals.precondition_checked, subject, verdict.value, error, started)
     return StepResult(subject.execution_id, step.name, verdict.value, error)
+
+
+@dataclass(frozen=True)
+class Awaited:
+    """What a step that waits for a signal finds at its claim: ``"signal"`` (the one it
+    takes), ``"timeout"`` (its timeout ended first), ``"due"`` (a retry without a signal,
+    or a step no longer waiting), ``"wait"`` (nothing yet), or ``"error"`` (the
+    matcher's predicate raised)."""
+
+    kind: str
+    signal: Any = None
+    error: BaseException | None = None
+
+
+def await_signal(
+    store: Store, session: Session, workflow: Any, execution: Any, wait: SignalWait,
+    now: datetime, *, timeout_elapsed: bool,
+) -> Awaited:
+    """Find the signal the execution runs with, under the workflow's lock: the one its
+    step holds from an earlier attempt, else the oldest pending one that matches."""
+    held = store.held_signal(session, workflow.id)
+    if held is not None:
+        return Awaited("signal", held)
+    if execution.waiting_for is None:
+        return Awaited("due")
+    try:
+        for candidate in store.free_signals(session, workflow.id, wait.name):
+            if wait.matcher.matches(workflow, candidate):
+                return Awaited("signal", candidate)
+    except STEP_FAILURES as error:
+        return Awaited("error", error=error)
+    deadline = execution.scheduled_for
+    if timeout_elapsed or (deadline is not None and deadline <= now):
+        return Awaited("timeout")
+    return Awaited("wait")
+
+
+def _keep_waiting(
+    session: Session, store: Store, workflow: Any, execution: Any, now: datetime,
+    ignore_schedule: bool, *, waited: bool, early_wait_max: timedelta,
+    retry: Callable[[], Claim | StepResult | None],
+) -> Claim | StepResult | None:
+    """No signal for a waiting execution yet: it waits on, its outbox row at its
+    deadline (none without one). Just ahead of the deadline (the relay publishes a
+    little ahead), wait for it instead, without holding the locks, and claim again."""
+    deadline = execution.scheduled_for
+    key, step_name = execution.id, execution.step_name
+    if ignore_schedule:
+        session.rollback()
+        return StepResult(key, step_name, "waiting")
+    if deadline is not None and not waited and deadline - now <= early_wait_max:
+        session.rollback()
+        time.sleep(max((deadline - now).total_seconds(), 0.0))
+        return retry()
+    store.withdraw(session, key)
+    if deadline is not None:
+        store.enqueue(session, key, workflow.id, message_options(type(workflow)), deadline, now)
+    session.commit()
+    workflow_logger(workflow, execution).info(
+        "execution %s waits on for signal %r", key, execution.waiting_for
+    )
+    return None
 
 
 def _step_of(workflow: Any, execution: Any) -> tuple[StepDefinition | None, Exception | None]:

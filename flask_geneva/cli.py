@@ -20,6 +20,13 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
+from flask_geneva.cli_signals import (
+    CLI_SIGNAL_LIMIT,
+    parse_payload,
+    sent_line,
+    signal_rows,
+    waiting_line,
+)
 from flask_geneva.errors import InvalidInputError, InvalidStateError
 from flask_geneva.ids import parse_integer
 from flask_geneva.queries.health_panel import OVERDUE_GRACE
@@ -30,8 +37,9 @@ from flask_geneva.queries.lookups import (
     parse_hero,
 )
 from flask_geneva.queries.pages import list_workflows
+from flask_geneva.queries.signals import waiting_of, waits_now, workflow_signals
 from flask_geneva.states import StepState, WorkflowState
-from flask_geneva.text import printable, shorten
+from flask_geneva.text import printable, quoted, shorten
 from flask_geneva.timeutil import as_utc, utcnow
 
 # ------------------------------------------------------------------------- errors
@@ -178,6 +186,45 @@ _operator_command(
 )
 
 
+@geneva_cli.command(
+    "signal",
+    help="Send the signal NAME to a workflow (a step that waits for it runs).",
+    context_settings=_ID_COMMAND_SETTINGS,
+)
+@click.argument("workflow_id")
+@click.argument("name")
+@click.option("--payload", help="the signal's payload, as JSON (default: null)")
+@click.option("--key", help="an idempotency key: the same key is stored once")
+def signal_command(workflow_id: str, name: str, payload: str | None, key: str | None) -> None:
+    geneva = _state().geneva
+    session = geneva.db.session
+    try:
+        value = parse_payload(payload)
+    except InvalidInputError as error:
+        _fail(str(error))
+    workflow = _load(workflow_id)
+    try:
+        sent = geneva.send_signal(workflow.id, name, payload=value, idempotency_key=key)
+        woke = None
+        if not sent.duplicate and workflow.state == WorkflowState.READY:
+            model = geneva.StepExecution
+            woke = session.scalar(
+                sa.select(model.step_name).where(
+                    model.workflow_id == workflow.id,
+                    model.state == StepState.SCHEDULED,
+                    model.waiting_for == sent.name,
+                )
+            )
+        session.commit()
+    except (InvalidStateError, ValueError, LookupError) as error:
+        session.rollback()
+        _fail(str(error))
+    except Exception:
+        session.rollback()
+        raise
+    click.echo(sent_line(workflow, sent, woke))
+
+
 # --------------------------------------------------------------------------- show
 
 
@@ -230,12 +277,22 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
     show(f"  transitioned: {_when(workflow.transitioned_at)}")
     show(f"  next step:    {printable(workflow.next_step_name or '-')}")
     show(f"  previous:     {printable(workflow.previous_step_name or '-')}")
+    history = execution_history(geneva, workflow)
+    waiting = waiting_of(next((e for e in reversed(history) if waits_now(e)), None))
+    if waiting is not None:
+        paused = workflow.state == WorkflowState.PAUSED
+        show(f"  waiting:      {waiting_line(waiting, paused, _when)}")
     show(f"  data:         {printable(data)}")
     steps = cls.step_names() if defined else []
     if steps:
         show(f"  steps:        {' -> '.join(steps)}")
+    signals = workflow_signals(geneva, workflow, limit=CLI_SIGNAL_LIMIT)
+    if signals.signals:
+        newest = f", the newest {CLI_SIGNAL_LIMIT}" if signals.truncated else ""
+        show(f"  signals:      {signals.pending} pending{newest}")
+        for line in _aligned(signal_rows(signals, _when), gap=2):
+            show("    " + line)
     show("  timeline:")
-    history = execution_history(geneva, workflow)
     if not history:
         show("    (no executions)")
     now = utcnow()
@@ -244,7 +301,7 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
             f"#{execution.sequence}",
             printable(execution.step_name),
             f"{execution.state}/{execution.outcome}" if execution.outcome else execution.state,
-            f"scheduled {_when(execution.scheduled_for)}",
+            _scheduled_cell(execution),
             f"started {_when(execution.started_at)}" if execution.started_at else "",
             f"finished {_when(execution.finished_at)}" if execution.finished_at else "",
         ]
@@ -262,6 +319,18 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
             if backtraces and execution.error_backtrace:
                 for trace_line in execution.error_backtrace.rstrip().splitlines():
                     show(f"           | {printable(trace_line)}")
+
+
+def _scheduled_cell(execution: Any) -> str:
+    """When the execution was due; for a step waiting for a signal, what it waits for."""
+    if execution.waiting_for is None:
+        return f"scheduled {_when(execution.scheduled_for)}"
+    name = quoted(execution.waiting_for)
+    if not waits_now(execution):
+        return f"waited for {name}"
+    if execution.scheduled_for is None:
+        return f"waiting for {name}, no timeout"
+    return f"waiting for {name} until {_when(execution.scheduled_for)}"
 
 
 # --------------------------------------------------------------------------- list

@@ -35,6 +35,7 @@ DEFAULTS: Mapping[str, Any] = {
     "GENEVA_RELAY_REPUBLISH_AFTER": timedelta(seconds=60),
     "GENEVA_WORKER_IDLE_TIMEOUT_MS": 100,
     "GENEVA_INLINE_STEPS": 10,
+    "GENEVA_MAX_SIGNAL_PAYLOAD": 64 * 1024,
 }
 
 RECOVERY_ACTIONS = ("reattempt", "cancel")
@@ -64,6 +65,8 @@ class GenevaConfig:
     relay_republish_after: timedelta
     worker_idle_timeout_ms: int
     inline_steps: int
+    #: The largest signal payload, in bytes of its JSON text.
+    max_signal_payload: int = 64 * 1024
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any], *, testing: bool = False) -> GenevaConfig:
@@ -144,6 +147,9 @@ class GenevaConfig:
                 config["GENEVA_WORKER_IDLE_TIMEOUT_MS"], "GENEVA_WORKER_IDLE_TIMEOUT_MS"
             ),
             inline_steps=_non_negative_int(config["GENEVA_INLINE_STEPS"], "GENEVA_INLINE_STEPS"),
+            max_signal_payload=_positive_int(
+                config["GENEVA_MAX_SIGNAL_PAYLOAD"], "GENEVA_MAX_SIGNAL_PAYLOAD"
+            ),
         )
 
 

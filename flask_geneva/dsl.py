@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from typing import Any, Final, overload
 
 from flask_geneva.errors import StepConfigurationError
@@ -23,6 +24,7 @@ from flask_geneva.policies import (
     make_policy,
     to_timedelta,
 )
+from flask_geneva.waiting import SIGNAL_OPTIONS, SignalWait, signal_wait_from_options
 
 #: Where the class-body statements leave their records in the class namespace.
 PENDING_ATTRIBUTE: Final = "__geneva_pending__"
@@ -52,6 +54,8 @@ class StepDefinition:
     #: The class attribute holding the step's method (``None`` for a step given as a
     #: callable): a subclass that overrides the method changes what the step runs.
     attribute: str | None = None
+    #: What the step waits for (``wait_for``, ``timeout``, ``on_timeout``), if anything.
+    signal: SignalWait | None = None
 
     def perform(self, workflow: Any) -> Any:
         """Run the step's code for ``workflow``; an override in its class wins."""
@@ -95,6 +99,11 @@ class WorkflowDefinition:
             if candidate.name == name:
                 return candidate
         return None
+
+    @cached_property
+    def signal_waits(self) -> dict[str, SignalWait]:
+        """The steps that wait for a signal, by name (asked once the class is built)."""
+        return {s.name: s.signal for s in self.steps if s.signal is not None}
 
     def step_after(self, name: str) -> StepDefinition | None:
         """The step that follows ``name``, or ``None`` when ``name`` is the last one."""
@@ -157,19 +166,10 @@ def _record(namespace: dict[str, Any], record: object) -> None:
 # --------------------------------------------------------------------------------------
 # The public statements.
 
-_STEP_OPTIONS: Final = frozenset(
-    {
-        "wait",
-        "skip_if",
-        "only_if",
-        "on_exception",
-        "max_reattempts",
-        "terminal_action",
-        "before_step",
-        "after_step",
-        "name",
-    }
-)
+_STEP_OPTIONS: Final = SIGNAL_OPTIONS | frozenset(
+    {"wait", "skip_if", "only_if", "on_exception", "max_reattempts", "terminal_action",
+     "before_step", "after_step", "name"}
+)  # fmt: skip
 
 
 @overload
@@ -189,8 +189,10 @@ def step(function: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     point, inherited ones included, plus one) unless ``name=`` is given. The callable
     receives the workflow instance.
 
-    Options: ``wait`` (timedelta or seconds, ≥ 0), ``skip_if`` / ``only_if``
-    (callable(workflow), method name, or bool; not both), ``on_exception``
+    Options: ``wait`` (timedelta or seconds, ≥ 0), ``wait_for`` (a signal name or a
+    :class:`~flask_geneva.SignalMatcher`) with ``timeout`` and ``on_timeout``,
+    ``skip_if`` / ``only_if`` (callable(workflow), method name, or bool; not both),
+    ``on_exception``
     (``"pause"``, ``"cancel"``, ``"reattempt"``, ``"skip"``, an
     :class:`~flask_geneva.ExceptionPolicy` or callable(workflow, exception)),
     ``max_reattempts`` and ``terminal_action`` (with ``"reattempt"`` only),
@@ -402,6 +404,7 @@ def _build_step(
         )
     raw_wait = options.pop("wait", None)
     wait = to_timedelta(0 if raw_wait is None else raw_wait, f"{here}: wait")
+    signal = signal_wait_from_options(options, here, wait_given=raw_wait is not None)
     skip_if = options.pop("skip_if", None)
     only_if = options.pop("only_if", None)
     if skip_if is not None and only_if is not None:
@@ -437,6 +440,7 @@ def _build_step(
         on_exception=policy,
         anonymous=anonymous,
         attribute=holders[0] if holders else None,
+        signal=signal,
     )
     anchor = before if before is not None else after
     if anchor is None:

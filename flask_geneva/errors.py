@@ -90,3 +90,13 @@ class UnknownStepError(GenevaError, ValueError):
 class StepLimitReachedError(GenevaError, RuntimeError):
     """``speedrun_workflow()`` ran ``max_iterations`` steps and the workflow is still
     going."""
+
+
+class WaitingForSignalError(GenevaError, ValueError):
+    """A testing helper was asked to run a step that waits for a signal that has not
+    arrived; the message names the signal (send it, or pass ``timeout_elapsed=True``)."""
+
+
+class InvalidSignalError(GenevaError, ValueError):
+    """A signal's name, payload or idempotency key cannot be stored; the message says
+    which and why."""

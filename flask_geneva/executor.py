@@ -39,6 +39,7 @@ from flask_geneva.policies import resolve_policy
 from flask_geneva.runs import STEP_FAILURES, Claim, ClaimedStep, StepResult, message_options, send
 from flask_geneva.store import store_for
 from flask_geneva.timeutil import utcnow
+from flask_geneva.workflow import RECEIVED_SIGNAL
 
 __all__ = [
     "EARLY_TOLERANCE",
@@ -73,6 +74,7 @@ def execute_step(
     reraise: bool = False,
     inline_next: bool = False,
     inline_deadline: float | None = None,
+    timeout_elapsed: bool = False,
 ) -> StepResult | None:
     """Run one step execution if it is due and still scheduled; never runs a body twice.
 
@@ -84,7 +86,8 @@ def execute_step(
     the result's ``claimed_next`` holds it already claimed, or, when its preconditions
     must be evaluated first, ``continue_with`` names it (its message was not published).
     ``inline_deadline`` (a ``time.monotonic()`` value) ends that once it has passed: the
-    next step is then published as usual.
+    next step is then published as usual. ``timeout_elapsed`` (the testing helpers')
+    takes a step that waits for a signal to have reached its timeout.
     """
     session: Session = geneva.db.session()
     try:
@@ -97,6 +100,7 @@ def execute_step(
         claim = claiming.claim(
             session, store_for(geneva, session), key, message_id, ignore_schedule, started,
             early_tolerance=EARLY_TOLERANCE, early_wait_max=EARLY_WAIT_MAX, prelock=PRELOCK,
+            timeout_elapsed=timeout_elapsed,
         )  # fmt: skip
     except sa.exc.SQLAlchemyError:
         session.rollback()
@@ -210,8 +214,10 @@ def _run_and_finalize(
     call = None
     error: BaseException | None = claim.precondition_error
     performed = "exception"
+    workflow.__dict__[RECEIVED_SIGNAL] = claim.signal
     if error is None:  # a precondition that raised leaves only the handler to run
-        call, error = run_body(session, workflow, execution, step, subject)
+        call, error = run_body(session, workflow, execution, step, subject,
+                               timed_out=claim.timed_out)
         performed = performed_outcome(call, error)
 
     policy = None

@@ -42,6 +42,8 @@ class Geneva:
     StepExecution: Any
     #: The mapped outbox model (``geneva_outbox``).
     OutboxMessage: Any
+    #: The mapped signal model (``geneva_signals``).
+    WorkflowSignal: Any
 
     def __init__(
         self, app: Flask | None = None, *, db: Any, uuid_primary_keys: bool = False
@@ -55,9 +57,8 @@ class Geneva:
         self._hero_classes: dict[str, type] = {}
         self._lock = threading.Lock()
         self._states: list[GenevaState] = []
-        self.Workflow, self.StepExecution, self.OutboxMessage = build_models(
-            self, db, uuid_primary_keys
-        )
+        models = build_models(self, db, uuid_primary_keys)
+        self.Workflow, self.StepExecution, self.OutboxMessage, self.WorkflowSignal = models
         factory = getattr(getattr(db, "session", None), "session_factory", None)
         session_class = getattr(factory, "class_", None)
         if isinstance(session_class, type):
@@ -65,6 +66,18 @@ class Geneva:
             listen_to_sessions_of(session_class)
         if app is not None:
             self.init_app(app)
+
+    def send_signal(self, workflow_id: Any, name: str, payload: Any = None,
+                    idempotency_key: str | None = None) -> Any:
+        """Send the signal ``name`` to the workflow ``workflow_id`` in ``db.session``, as
+        ``workflow.signal(...)`` does (for code that does not hold the workflow). Does
+        not commit.
+
+        :raises LookupError: no workflow has that id.
+        """
+        from flask_geneva.signalling import send_signal_by_id
+
+        return send_signal_by_id(self, workflow_id, name, payload, idempotency_key)
 
     def init_app(self, app: Flask) -> None:
         """Register the extension on ``app``. Raises if it is already registered there."""

@@ -114,6 +114,8 @@ def _may_claim_at_once(model: Any, store: Store, claim: Claim, plan: machine.Pla
         return False
     if following_step.skip_if is not None or following_step.only_if is not None:
         return False
+    if following_step.signal is not None:  # it waits, or takes its signal at its claim
+        return False
     return covers(model, store.sql.workflow_columns)
 
 

@@ -92,11 +92,13 @@ def run_housekeeping(now: datetime | None = None) -> HousekeepingResult:
 
 
 def delete_completed_workflows(geneva: Any, *, older_than: datetime, batch_size: int) -> int:
-    """Delete finished and canceled workflows that transitioned before ``older_than``."""
+    """Delete finished and canceled workflows that transitioned before ``older_than``,
+    with their executions, outbox rows and signals."""
     session = geneva.db.session
     workflows = geneva.Workflow.__table__
     executions = geneva.StepExecution.__table__
     outbox = geneva.OutboxMessage.__table__
+    signals = geneva.WorkflowSignal.__table__
     total = 0
     while True:
         # On PostgreSQL a concurrent run skips the rows this one is deleting; on SQLite
@@ -117,6 +119,7 @@ def delete_completed_workflows(geneva: Any, *, older_than: datetime, batch_size:
             return total
         session.execute(sa.delete(outbox).where(outbox.c.workflow_id.in_(ids)))
         session.execute(sa.delete(executions).where(executions.c.workflow_id.in_(ids)))
+        session.execute(sa.delete(signals).where(signals.c.workflow_id.in_(ids)))
         deleted = session.execute(
             sa.delete(workflows).where(
                 workflows.c.id.in_(ids),

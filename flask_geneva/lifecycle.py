@@ -74,7 +74,7 @@ def _schedule_first_step(session: Any, workflow: Any, first: Any, now: Any) -> N
     cls = type(workflow)
     store_for(cls._geneva, session).schedule(
         session, workflow.id, step_name=first.name, sequence=1, run_at=now + first.wait,
-        now=now, options=message_options(cls),
+        now=now, options=message_options(cls), fresh=True,
     )  # fmt: skip
 
 

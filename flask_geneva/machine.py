@@ -25,6 +25,12 @@ exception, reattempt policy        failed / reattempted    REPEAT after the wait
 ... past ``max_reattempts``        the terminal action's row (pause, cancel or skip)
 exception, skip policy             failed / skipped        ADVANCE
 =================================  ======================  ========================
+
+A step that waits for a signal (SPEC section 11) adds the rows of its timeout ending
+without a matching signal (:func:`after_timeout`): ``on_timeout="run"`` runs the body (the
+rows above), ``"skip"`` skipped / skipped and ADVANCE, ``"cancel"`` canceled / canceled
+and CANCEL, ``"pause"`` canceled / canceled and PAUSE (``resume()`` waits again). The
+signal a step took is consumed with the transitions :func:`consumes_signal` names.
 """
 
 from __future__ import annotations
@@ -230,6 +236,44 @@ def after_precondition(verdict: Verdict) -> Transition | None:
     if verdict == Verdict.PASSED:
         return None
     raise ValueError("an exception in a precondition is decided by after_failure()")
+
+
+#: What the body is taken to have called when a step's timeout ends with no matching
+#: signal, by ``on_timeout`` (``"run"`` runs the body itself).
+TIMEOUT_CALLS: Final[Mapping[str, type[FlowControlSignal]]] = {
+    "skip": SkipSignal,
+    "cancel": CancelSignal,
+    "pause": PauseSignal,
+}
+
+
+def timeout_call(on_timeout: str) -> FlowControlSignal | None:
+    """The flow-control call a timeout makes in place of the body (None: ``"run"``)."""
+    if on_timeout == "run":
+        return None
+    call = TIMEOUT_CALLS.get(on_timeout)
+    if call is None:
+        raise ValueError(f"unknown on_timeout action {on_timeout!r}")
+    return call()
+
+
+def after_timeout(on_timeout: str) -> Transition | None:
+    """A step's signal timeout ended with no matching signal (None: ``"run"``, the body
+    runs with ``received_signal`` None); the rows of :func:`after_body` for the call."""
+    call = timeout_call(on_timeout)
+    return None if call is None else after_body(call)
+
+
+#: The ends of an execution that consume the signal its step took: completed / success
+#: and skipped / skipped. On any other end the signal stays with the step for its retry.
+CONSUMING_ENDS: Final = frozenset(
+    {(StepState.COMPLETED, StepOutcome.SUCCESS), (StepState.SKIPPED, StepOutcome.SKIPPED)}
+)
+
+
+def consumes_signal(transition: Transition) -> bool:
+    """Whether ``transition`` consumes the signal its step took (if it took one)."""
+    return (transition.step_state, transition.outcome) in CONSUMING_ENDS
 
 
 def step_missing() -> Transition:

@@ -1,4 +1,5 @@
-"""The mapped models: the ``Workflow`` base class, ``StepExecution`` and ``OutboxMessage``.
+"""The mapped models: the ``Workflow`` base class, ``StepExecution``, ``OutboxMessage``
+and ``WorkflowSignal``.
 
 They are built once per :class:`~flask_geneva.Geneva` instance on the application's
 ``db.Model``, like models a user writes, so ``db.create_all()`` and Flask-Migrate see
@@ -33,6 +34,7 @@ from flask_geneva.registration import (
 from flask_geneva.states import (
     ACTIVE_STEP_STATES,
     ONGOING_STATES,
+    SignalState,
     StepOutcome,
     StepState,
     WorkflowState,
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
 WORKFLOWS_TABLE = "geneva_workflows"
 EXECUTIONS_TABLE = "geneva_step_executions"
 OUTBOX_TABLE = "geneva_outbox"
+SIGNALS_TABLE = "geneva_signals"
+#: The longest idempotency key a signal may carry.
+IDEMPOTENCY_KEY_LENGTH = 255
 
 _NAME_LENGTH = NAME_LENGTH
 
@@ -85,8 +90,11 @@ def _forget_hero_on_expire(target: Any, *_args: Any) -> None:
     target.__dict__.pop("_geneva_hero_cache", None)
 
 
-def build_models(geneva: Geneva, db: Any, uuid_primary_keys: bool) -> tuple[Any, Any, Any]:
-    """Define ``Workflow``, ``StepExecution`` and ``OutboxMessage`` on ``db.Model``."""
+def build_models(
+    geneva: Geneva, db: Any, uuid_primary_keys: bool
+) -> tuple[Any, Any, Any, Any]:
+    """Define ``Workflow``, ``StepExecution``, ``OutboxMessage`` and ``WorkflowSignal`` on
+    ``db.Model``."""
     if WORKFLOWS_TABLE in db.metadata.tables:
         raise SetupError(
             f"the table {WORKFLOWS_TABLE} is already defined on this db.metadata: "
@@ -130,7 +138,11 @@ def build_models(geneva: Geneva, db: Any, uuid_primary_keys: bool) -> tuple[Any,
             default=StepState.SCHEDULED,
         )
         outcome = mapped_column(_enum_type(StepOutcome, "geneva_step_outcome"), nullable=True)
-        scheduled_for = timestamp(nullable=False)
+        #: When the step is due; for a step waiting for a signal, the end of its timeout
+        #: (``NULL``: it waits without one).
+        scheduled_for = timestamp()
+        #: The name of the signal a scheduled execution waits for (``NULL``: none).
+        waiting_for = mapped_column(sa.String(_NAME_LENGTH), nullable=True)
         started_at = timestamp()
         finished_at = timestamp()
         error_class_name = mapped_column(sa.String(_NAME_LENGTH), nullable=True)
@@ -277,6 +289,48 @@ def build_models(geneva: Geneva, db: Any, uuid_primary_keys: bool) -> tuple[Any,
             sa.Index("geneva_outbox_workflow", "workflow_id"),
         )
 
+    class WorkflowSignal(db.Model):
+        """A signal sent to a workflow: pending until a step that waits for it consumes
+        it (SPEC section 11). ``duplicate`` is True on what ``signal()`` returns when the
+        same idempotency key was stored before."""
+
+        __tablename__ = SIGNALS_TABLE
+
+        id = key_column()
+        workflow_id = mapped_column(
+            key_type(),
+            sa.ForeignKey(f"{WORKFLOWS_TABLE}.id", ondelete="CASCADE"),
+            nullable=False,
+        )
+        name = mapped_column(sa.String(_NAME_LENGTH), nullable=False)
+        payload = mapped_column(sa.JSON(), nullable=True)
+        idempotency_key = mapped_column(sa.String(IDEMPOTENCY_KEY_LENGTH), nullable=True)
+        state = mapped_column(
+            _enum_type(SignalState, "geneva_signal_state"),
+            nullable=False,
+            default=SignalState.PENDING,
+        )
+        created_at = timestamp(nullable=False)
+        consumed_at = timestamp()
+        #: The execution that took it (the latest attempt of the step), then consumed it.
+        execution_id = mapped_column(key_type(), nullable=True)
+
+        #: Not stored: set on the row ``signal()`` returns for a repeated idempotency key.
+        duplicate = False
+
+        __table_args__ = (
+            # NULL keys are distinct in a unique index: a signal without a key never
+            # deduplicates.
+            sa.Index(
+                "geneva_signals_idempotency", "workflow_id", "name", "idempotency_key",
+                unique=True,
+            ),
+            sa.Index("geneva_signals_pending", "workflow_id", "state", "name", "id"),
+        )
+
+        def __repr__(self) -> str:
+            return f"<WorkflowSignal #{self.id} {self.name} {self.state}>"
+
     # Invariants 1 and "one ongoing workflow per class and hero" (SPEC section 10).
     _one_row_index(
         StepExecution.__table__, "geneva_step_executions_one_active", ["workflow_id"],
@@ -298,7 +352,8 @@ def build_models(geneva: Geneva, db: Any, uuid_primary_keys: bool) -> tuple[Any,
         StepExecution, ("scheduled_for", "started_at", "finished_at", "created_at")
     )
     _aware_timestamps(OutboxMessage, ("available_at", "published_at", "created_at"))
-    return Workflow, StepExecution, OutboxMessage
+    _aware_timestamps(WorkflowSignal, ("created_at", "consumed_at"))
+    return Workflow, StepExecution, OutboxMessage, WorkflowSignal
 
 
 def _long_text() -> sa.types.TypeEngine[str]:

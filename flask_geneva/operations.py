@@ -65,6 +65,12 @@ def act(workflow: Any, action: OperatorAction) -> None:
 
 def _apply(store: Store, session: Session, locked: Any, kept: Any, step_name: str | None,
            plan: machine.Plan, now: Any) -> Any:
+    release_at, release = None, True
+    if kept is not None and plan.transition.move == Move.RELEASE:
+        # A kept execution that waits for a signal runs at once if one came while the
+        # workflow was paused; it needs no message while it waits without a timeout.
+        release_at = store.release_time(session, locked.id, kept, now)
+        release = release_at is not None or kept.waiting_for is None
     return store.apply(
         session,
         Target(locked.id, kept.id if kept is not None else None, step_name,
@@ -72,7 +78,8 @@ def _apply(store: Store, session: Session, locked: Any, kept: Any, step_name: st
         plan,
         now,
         options=message_options(type(locked)),
-        release_at=kept.scheduled_for if kept is not None else None,
+        release_at=release_at,
+        release=release,
     )  # fmt: skip
 
 

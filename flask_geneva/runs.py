@@ -47,6 +47,10 @@ class Claim:
     #: Set when a precondition raised and an imperative handler must decide: the body
     #: does not run, the handler runs outside the lock like the body would.
     precondition_error: BaseException | None = None
+    #: The signal the step runs with (``received_signal``), if it waits for one.
+    signal: Any = None
+    #: The step's signal timeout ended first: ``on_timeout`` decides what runs.
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,8 @@ def message_options(workflow_class: type | None) -> MessageOptions:
     if workflow_class is not None and not workflow_class.is_defined():  # type: ignore[attr-defined]
         workflow_class = None
     queue_name, priority, time_limit_ms = state.message_options_for(workflow_class)
-    return MessageOptions(queue_name, priority, time_limit_ms)
+    waits = {} if workflow_class is None else workflow_class._geneva_definition.signal_waits  # type: ignore[attr-defined]
+    return MessageOptions(queue_name, priority, time_limit_ms, waits)
 
 
 def following(definition: WorkflowDefinition, step_name: str) -> tuple[str, timedelta] | None:

@@ -44,3 +44,10 @@ ONGOING_STATES: Final = (WorkflowState.READY, WorkflowState.PERFORMING, Workflow
 FINAL_STATES: Final = (WorkflowState.FINISHED, WorkflowState.CANCELED)
 #: Execution states that occupy the workflow's single "active execution" slot.
 ACTIVE_STEP_STATES: Final = (StepState.SCHEDULED, StepState.IN_PROGRESS)
+
+
+class SignalState(StrEnum):
+    """Where a stored signal is: waiting to be taken, or consumed by a step."""
+
+    PENDING = "pending"
+    CONSUMED = "consumed"

@@ -17,7 +17,12 @@ import sqlalchemy as sa
 from flask import current_app
 
 from flask_geneva import machine
-from flask_geneva.errors import InvalidStateError, StepLimitReachedError, UnknownStepError
+from flask_geneva.errors import (
+    InvalidStateError,
+    StepLimitReachedError,
+    UnknownStepError,
+    WaitingForSignalError,
+)
 from flask_geneva.executor import execute_step
 from flask_geneva.runs import message_options
 from flask_geneva.states import FINAL_STATES, StepOutcome, StepState, WorkflowState
@@ -31,10 +36,27 @@ def _session(workflow: Any) -> Any:
     return sa.orm.object_session(workflow) or workflow._geneva.db.session()
 
 
-def _run_like_a_worker(workflow: Any, execution_id: Any) -> None:
-    """Run one execution the way a worker does: in an app context (and session) of its own."""
+def _run_like_a_worker(workflow: Any, execution_id: Any, timeout_elapsed: bool = False) -> bool:
+    """Run one execution the way a worker does: in an app context (and session) of its
+    own. False when it waits for a signal that has not arrived (nothing ran)."""
     with current_app.app_context():
-        execute_step(workflow._geneva, execution_id, ignore_schedule=True, reraise=True)
+        result = execute_step(
+            workflow._geneva, execution_id, ignore_schedule=True, reraise=True,
+            timeout_elapsed=timeout_elapsed,
+        )  # fmt: skip
+    return result is None or result.outcome != "waiting"
+
+
+def _waiting_error(workflow: Any, execution_id: Any, helper: str) -> WaitingForSignalError:
+    session = _session(workflow)
+    execution = session.get(workflow._geneva.StepExecution, execution_id)
+    name = execution.waiting_for if execution is not None else None
+    return WaitingForSignalError(
+        f"{workflow.workflow_class} #{workflow.id}: step {workflow.next_step_name!r} waits "
+        f"for the signal {name!r}, which has not arrived; send it with "
+        f"wf.signal({name!r}, ...) first, or call {helper}(wf, timeout_elapsed=True) to "
+        f"run it as its timeout would"
+    )
 
 
 def _scheduled_id(session: Any, workflow: Any) -> Any:
@@ -46,8 +68,22 @@ def _scheduled_id(session: Any, workflow: Any) -> Any:
     )
 
 
-def perform_next_step(workflow: Any) -> Any:
-    """Run the workflow's scheduled execution now, ignoring its wait. Returns the workflow."""
+def perform_next_step(workflow: Any, *, timeout_elapsed: bool = False) -> Any:
+    """Run the workflow's scheduled execution now, ignoring its wait. Returns the workflow.
+
+    A step that waits for a signal runs with the oldest matching one; when none has
+    arrived it raises :class:`~flask_geneva.WaitingForSignalError` (a ``ValueError``)
+    naming the signal, unless ``timeout_elapsed`` is True: then it runs as its timeout
+    would (``on_timeout``).
+    """
+    if not _perform_next(workflow, timeout_elapsed=timeout_elapsed):
+        raise _waiting_error(workflow, _scheduled_id(_session(workflow), workflow),
+                             "perform_next_step")
+    return workflow
+
+
+def _perform_next(workflow: Any, *, timeout_elapsed: bool = False) -> bool:
+    """Run the scheduled execution; False when it waits for a signal (nothing ran)."""
     session = _session(workflow)
     session.commit()
     session.refresh(workflow)
@@ -62,18 +98,20 @@ def perform_next_step(workflow: Any) -> Any:
             f"{workflow.workflow_class} #{workflow.id} has no scheduled step execution"
         )
     try:
-        _run_like_a_worker(workflow, execution_id)
+        ran = _run_like_a_worker(workflow, execution_id, timeout_elapsed)
     finally:
         session.expire_all()
         session.refresh(workflow)
-    return workflow
+    return ran
 
 
-def perform_step(workflow: Any, step_name: str) -> Any:
+def perform_step(workflow: Any, step_name: str, *, timeout_elapsed: bool = False) -> Any:
     """Cancel what is scheduled, then run ``step_name`` now. Returns the workflow.
 
     :raises ValueError: the workflow's class has no step of that name (the message lists
-        its steps).
+        its steps), or the step waits for a signal that has not arrived
+        (:class:`~flask_geneva.WaitingForSignalError`; ``timeout_elapsed=True`` runs it
+        as its timeout would).
     """
     cls = type(workflow)
     names = cls.step_names() if cls.is_defined() else []
@@ -110,16 +148,18 @@ def perform_step(workflow: Any, step_name: str) -> Any:
     session.commit()
     execution_id = applied.new_execution_id
     try:
-        _run_like_a_worker(workflow, execution_id)
+        ran = _run_like_a_worker(workflow, execution_id, timeout_elapsed)
     finally:
         session.expire_all()
         session.refresh(workflow)
+    if not ran:
+        raise _waiting_error(workflow, execution_id, "perform_step")
     return workflow
 
 
 def speedrun_workflow(workflow: Any, max_iterations: int = 100) -> Any:
     """Run steps synchronously, ignoring waits, until the workflow is finished, canceled
-    or paused. Returns the workflow.
+    or paused, or waits for a signal that has not arrived. Returns the workflow.
 
     :raises RuntimeError: when ``max_iterations`` steps ran and it is still going.
     """
@@ -129,7 +169,8 @@ def speedrun_workflow(workflow: Any, max_iterations: int = 100) -> Any:
     for _ in range(max_iterations):
         if workflow.state in FINAL_STATES or workflow.state == WorkflowState.PAUSED:
             return workflow
-        perform_next_step(workflow)
+        if not _perform_next(workflow):
+            return workflow  # it waits for a signal
     if workflow.state in FINAL_STATES or workflow.state == WorkflowState.PAUSED:
         return workflow
     raise StepLimitReachedError(

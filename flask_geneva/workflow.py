@@ -118,6 +118,31 @@ class WorkflowMixin:
         return hero
 
     @property
+    def received_signal(self) -> Any:
+        """Inside a step that waits for a signal: the
+        :class:`~flask_geneva.Geneva.WorkflowSignal` it runs with, or None after a
+        timeout (and outside such a step)."""
+        return self.__dict__.get(RECEIVED_SIGNAL)
+
+    def signal(self, name: str, payload: Any = None, idempotency_key: str | None = None) -> Any:
+        """Send the signal ``name`` to this workflow, with the caller's transaction.
+
+        Locks the workflow's row and stores a pending ``WorkflowSignal``; a step that
+        waits for ``name`` becomes due once the caller commits. Returns the stored row,
+        with ``duplicate`` True (and nothing new stored) when ``idempotency_key`` was
+        stored before for this name. Does not commit.
+
+        :raises InvalidStateError: the workflow is finished or canceled (and the key is
+            new).
+        :raises InvalidSignalError: (a ``ValueError``) the name, key or payload cannot be
+            stored: not JSON, or larger than ``GENEVA_MAX_SIGNAL_PAYLOAD``.
+        """
+        from flask_geneva.signalling import send_signal
+
+        _require_setup()
+        return send_signal(self, name, payload, idempotency_key)
+
+    @property
     def current_execution(self) -> Any:
         """Inside a step, the execution being run; outside, the scheduled one (or None)."""
         running = self.__dict__.get("_geneva_running")
@@ -218,6 +243,9 @@ class WorkflowMixin:
 
 
 _MISSING = object()
+
+#: Where a running step's workflow keeps the signal it runs with.
+RECEIVED_SIGNAL = "_geneva_received_signal"
 
 
 def _require_setup() -> None:

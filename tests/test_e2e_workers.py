@@ -8,6 +8,7 @@ them — and creates workflows from this process, like a web process would.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import redis
 import sqlalchemy as sa
 from flask import Flask
 
+from flask_geneva import brokers
+from flask_geneva.brokers import WAKE_TOKENS_KEPT, GenevaRedisBroker, WakeableConsumer
 from flask_geneva.housekeeping import run_housekeeping
 from flask_geneva.publishing import PENDING_PUBLISH_KEY
 from flask_geneva.timeutil import as_utc, utcnow
@@ -316,10 +319,10 @@ def test_a_crash_between_commit_and_publish_is_covered_by_the_relay(e2e: E2E) ->
     assert set(e2e.runs().values()) == {1}
 
 
-def test_only_the_step_queues_are_polled_at_the_idle_timeout(pg_database_url: str) -> None:
-    """Dramatiq's Redis consumers poll: the step queues' every GENEVA_WORKER_IDLE_TIMEOUT_MS
-    at most, while the delay queue (geneva sends no delayed messages) and the worker
-    threads keep the worker's own timeout, instead of waking a hundred times a second."""
+def test_only_the_step_queues_wait_on_the_wake_channel(pg_database_url: str) -> None:
+    """A step queue's consumer waits on its wake list for up to
+    GENEVA_WORKER_IDLE_TIMEOUT_MS, while the delay queue (geneva sends no delayed
+    messages) and the worker threads keep the worker's own timeout."""
     _require_redis()
     app = create_app(pg_database_url, REDIS_URL, f"idle_{uuid.uuid4().hex[:8]}")
     state = app.extensions["geneva"]
@@ -333,11 +336,50 @@ def test_only_the_step_queues_are_polled_at_the_idle_timeout(pg_database_url: st
             lambda: all(getattr(c, "consumer", None) for c in consumers.values()),
             message="the consumers to start",
         )
-        assert consumers[queue].consumer.timeout == state.config.worker_idle_timeout_ms == 20
+        step_consumer = consumers[queue].consumer
+        assert isinstance(step_consumer, WakeableConsumer)
+        assert step_consumer.idle_seconds * 1000 == state.config.worker_idle_timeout_ms == 20
+        assert step_consumer.wake_key == f"dramatiq:geneva-wake:{queue}"
+        assert not isinstance(consumers[f"{queue}.DQ"].consumer, WakeableConsumer)
         assert consumers[f"{queue}.DQ"].consumer.timeout == 900
         assert worker.worker_timeout == 900
     finally:
         worker.stop()
+
+
+def test_a_published_message_wakes_an_idle_consumer_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An idle consumer waiting 4 s on its wake list gets a message well before that:
+    the message's token ends its blocking pop. (Without the token it would fetch only
+    when the 4 s are over.)"""
+    client = _require_redis()
+    monkeypatch.setattr(brokers, "WAKE_WAIT_MAX", 4.0)
+    queue = f"wake_{uuid.uuid4().hex[:8]}"
+    broker = GenevaRedisBroker(url=REDIS_URL, idle_timeout_ms=4_000)
+    received = threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_actor")
+    def note(value: int) -> None:
+        received.set()
+
+    worker = dramatiq.Worker(broker, queues={queue}, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        def consumer_blocked() -> bool:
+            return any(
+                entry.get("cmd") == "blpop" for entry in client.client_list()
+            )
+
+        wait_until(consumer_blocked, timeout=10, message="the idle consumer to wait")
+        note.send(1)
+        assert received.wait(timeout=2), "the idle consumer did not wake for the message"
+        # The woken consumer took the token; at most the trimmed list is left.
+        assert client.llen(broker.wake_key(queue)) <= WAKE_TOKENS_KEPT
+    finally:
+        worker.stop()
+        client.delete(broker.wake_key(queue))
+        broker.close()
 
 
 def test_a_rolled_back_creation_publishes_nothing(e2e: E2E) -> None:

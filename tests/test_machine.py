@@ -183,3 +183,46 @@ def test_operator_transitions():
     assert act(OperatorAction.RESUME, "paused", True).move == Move.RELEASE
     retry = act(OperatorAction.RESUME, "paused", False)
     assert outcome(retry) == (None, None, "ready", "first", timedelta(0))
+
+
+@pytest.mark.parametrize(
+    ("on_timeout", "expected"),
+    [
+        ("skip", ("skipped", "skipped", Move.ADVANCE)),
+        ("cancel", ("canceled", "canceled", Move.CANCEL)),
+        ("pause", ("canceled", "canceled", Move.PAUSE)),
+    ],
+)
+def test_signal_timeouts(on_timeout, expected):
+    transition = machine.after_timeout(on_timeout)
+    assert transition is not None
+    assert (transition.step_state, transition.outcome, transition.move) == expected
+
+
+def test_a_timeout_that_runs_the_body_is_decided_by_the_body():
+    assert machine.after_timeout("run") is None
+    assert machine.timeout_call("run") is None
+    with pytest.raises(ValueError, match="unknown on_timeout"):
+        machine.after_timeout("explode")
+
+
+def test_only_success_and_skip_consume_a_signal():
+    consuming = [
+        machine.after_body(None),
+        machine.after_body(FinishSignal()),
+        machine.after_body(SkipSignal()),
+        machine.after_precondition(Verdict.SKIPPED),
+        machine.after_failure(ExceptionPolicy("skip")),  # failed / skipped: not consumed
+    ]
+    assert [machine.consumes_signal(t) for t in consuming] == [True, True, True, True, False]
+    keeping = [
+        machine.after_body(ReattemptSignal()),
+        machine.after_body(PauseSignal()),
+        machine.after_body(CancelSignal()),
+        machine.after_failure(ExceptionPolicy("pause")),
+        machine.after_failure(ExceptionPolicy("reattempt")),
+        machine.recovery("reattempt"),
+        machine.recovery("cancel"),
+        machine.step_missing(),
+    ]
+    assert not any(machine.consumes_signal(t) for t in keeping)

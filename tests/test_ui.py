@@ -276,6 +276,7 @@ def test_workflow_page_steps_beside_executions(client: Any, demo: Demo) -> None:
         "at": None,
         "overdue": False,
         "stuck": False,
+        "waiting": None,
     }
     assert data["actions"] == [
         {"name": a, "command": f"flask geneva {a} {demo.paused_with_error}"}

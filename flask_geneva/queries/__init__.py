@@ -14,6 +14,7 @@ stop reading after :data:`COUNT_CAP` rows instead of scanning a whole table.
 :mod:`.pages`          keyset pages of the workflow list, cursors, row activity
 :mod:`.health_panel`   the overview's health panel
 :mod:`.detail`         one workflow's page, and the operator actions of a state
+:mod:`.signals`        what a workflow waits for, and its signals
 =====================  ==========================================================
 
 The names below are re-exported so that ``from flask_geneva import queries`` reads them
@@ -65,6 +66,13 @@ from flask_geneva.queries.pages import (
     workflow_activity,
     workflow_page,
 )
+from flask_geneva.queries.signals import (
+    SIGNAL_LIMIT,
+    SignalList,
+    Waiting,
+    waiting_of,
+    workflow_signals,
+)
 
 __all__ = [
     "ACTIONS_BY_STATE",
@@ -75,6 +83,7 @@ __all__ = [
     "HISTORY_LIMIT",
     "MAX_PAGE_SIZE",
     "OVERDUE_GRACE",
+    "SIGNAL_LIMIT",
     "Attempt",
     "ClassCounts",
     "Count",
@@ -83,7 +92,9 @@ __all__ = [
     "Health",
     "OperatorAction",
     "QueryError",
+    "SignalList",
     "StepRow",
+    "Waiting",
     "WorkflowActivity",
     "WorkflowDetail",
     "WorkflowFilters",
@@ -101,8 +112,10 @@ __all__ = [
     "planner_estimate",
     "state_counts",
     "stored_workflow_classes",
+    "waiting_of",
     "workflow_activity",
     "workflow_detail",
     "workflow_page",
+    "workflow_signals",
     "workflow_statistics",
 ]

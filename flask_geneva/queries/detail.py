@@ -11,6 +11,13 @@ import sqlalchemy as sa
 
 from flask_geneva.machine import allowed_actions
 from flask_geneva.queries.health_panel import OVERDUE_GRACE
+from flask_geneva.queries.signals import (
+    SignalList,
+    Waiting,
+    waiting_of,
+    wake_time,
+    workflow_signals,
+)
 from flask_geneva.states import StepState, WorkflowState
 from flask_geneva.timeutil import as_utc, utcnow
 
@@ -59,19 +66,34 @@ class StepRow:
 class Due:
     """What happens next to a workflow, and whether it is late.
 
-    ``kind`` is ``"scheduled"`` (a step waits for its time), ``"running"`` (a step is in
-    progress), ``"paused"`` (waits for ``resume()``) or ``"done"`` (finished/canceled).
+    ``kind`` is ``"scheduled"`` (a step waits for its time), ``"waiting"`` (a step waits
+    for a signal), ``"running"`` (a step is in progress), ``"paused"`` (waits for
+    ``resume()``) or ``"done"`` (finished/canceled).
+
+    A waiting step is never overdue while it waits: only once a signal woke it (its
+    message is due now) or its timeout ended, and then only past :data:`OVERDUE_GRACE`.
     """
 
     kind: str
     step_name: str | None
     execution: Any | None
-    #: When the scheduled step is due, or when the running step started.
+    #: When the scheduled step is due, or when the running step started. For a waiting
+    #: step, when its message is due: at once after a matching signal, else at the end
+    #: of its timeout (None: only a signal can wake it).
     at: datetime | None
     #: Past due by more than OVERDUE_GRACE (scheduled), or running past the threshold.
     overdue: bool
     #: Past the housekeeping threshold: housekeeping will recover the execution.
     stuck: bool
+    #: The signal the step waits for (also on a paused workflow's kept execution).
+    waiting: Waiting | None = None
+
+    @property
+    def woken(self) -> bool:
+        """A waiting step whose message is due before its timeout ends: a signal came."""
+        if self.waiting is None or self.at is None:
+            return False
+        return self.waiting.until is None or self.at < self.waiting.until
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,8 @@ class WorkflowDetail:
     execution_total: int
     due: Due
     actions: list[OperatorAction]
+    #: The workflow's newest signals (SPEC section 11), newest first.
+    signals: SignalList = field(default_factory=lambda: SignalList([], truncated=False))
 
     @property
     def history_truncated(self) -> bool:
@@ -167,6 +191,7 @@ def workflow_detail(
         executions=executions,
         execution_total=total,
         due=_due(
+            geneva,
             workflow,
             active,
             now,
@@ -174,10 +199,12 @@ def workflow_detail(
             stuck_scheduled_threshold=stuck_scheduled_threshold,
         ),
         actions=operator_actions(workflow),
+        signals=workflow_signals(geneva, workflow),
     )
 
 
 def _due(
+    geneva: Any,
     workflow: Any,
     active: Any | None,
     now: datetime,
@@ -190,19 +217,35 @@ def _due(
         started = as_utc(active.started_at)
         late = started is not None and now - started > stuck_in_progress_threshold
         return Due("running", active.step_name, active, started, overdue=late, stuck=late)
+    waiting = waiting_of(active)
     if state == WorkflowState.PAUSED.value:
         at = as_utc(active.scheduled_for) if active is not None else None
-        return Due("paused", workflow.next_step_name, active, at, overdue=False, stuck=False)
+        return Due(
+            "paused", workflow.next_step_name, active, at, overdue=False, stuck=False,
+            waiting=waiting,
+        )  # fmt: skip
+    if active is not None and waiting is not None:
+        # Its outbox row says when it runs; housekeeping goes by the end of the timeout.
+        at = wake_time(geneva, active)
+        until = waiting.until
+        return Due(
+            "waiting",
+            active.step_name,
+            active,
+            at,
+            overdue=at is not None and now - at > OVERDUE_GRACE,
+            stuck=until is not None and now - until > stuck_scheduled_threshold,
+            waiting=waiting,
+        )
     if active is not None:
         at = as_utc(active.scheduled_for)
-        assert at is not None
         return Due(
             "scheduled",
             active.step_name,
             active,
             at,
-            overdue=now - at > OVERDUE_GRACE,
-            stuck=now - at > stuck_scheduled_threshold,
+            overdue=at is not None and now - at > OVERDUE_GRACE,
+            stuck=at is not None and now - at > stuck_scheduled_threshold,
         )
     if state in (WorkflowState.READY.value, WorkflowState.PERFORMING.value):
         # Ongoing, yet nothing scheduled or running: should not happen; show it plainly.

@@ -5,7 +5,7 @@ Every part is one short index range scan, and every count is capped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -46,6 +46,22 @@ class Health:
     paused: list[tuple[Any, Any]]
     #: ``(execution, workflow)`` of the latest failed attempts, newest first.
     recent_failures: list[tuple[Any, Any]]
+    #: When each overdue execution's message became due, by execution id: its
+    #: ``scheduled_for``, except for a step that waits for a signal, which is due when a
+    #: signal woke it (its ``scheduled_for`` is the end of its timeout, or NULL).
+    overdue_due_at: dict[Any, datetime] = field(default_factory=dict)
+
+    def due_at(self, execution: Any) -> datetime | None:
+        """When an overdue execution became due."""
+        return self.overdue_due_at.get(execution.id) or as_utc(execution.scheduled_for)
+
+    def will_recover(self, execution: Any) -> bool:
+        """Whether housekeeping counts the overdue execution stuck (it goes by
+        ``scheduled_for``: never for a step that waits without a timeout)."""
+        scheduled_for = as_utc(execution.scheduled_for)
+        return (
+            scheduled_for is not None and self.now - scheduled_for > self.stuck_scheduled_threshold
+        )
 
     @property
     def outbox_lag(self) -> timedelta | None:
@@ -129,8 +145,10 @@ def health(
         .limit(limit)
         .subquery("oldest_overdue")
     )
+    # A step waiting for a signal has an outbox row when a signal woke it (due then) or
+    # at the end of its timeout: never while it only waits.
     overdue = session.execute(
-        sa.select(ex, wf)
+        sa.select(ex, wf, oldest_rows.c.available_at)
         .select_from(oldest_rows)
         .join(ex.__table__, ex.id == oldest_rows.c.execution_id)
         .join(wf.__table__, wf.id == ex.workflow_id)
@@ -177,8 +195,9 @@ def health(
         stuck_in_progress=[(e, w) for e, w in stuck],
         stuck_in_progress_count=stuck_count,
         stuck_scheduled_threshold=stuck_scheduled_threshold,
-        overdue_scheduled=[(e, w) for e, w in overdue],
+        overdue_scheduled=[(e, w) for e, w, _ in overdue],
         overdue_scheduled_count=overdue_count,
         paused=paused,
         recent_failures=[(e, w) for e, w in failures],
+        overdue_due_at={e.id: due for e, _, at in overdue if (due := as_utc(at)) is not None},
     )

@@ -18,11 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from flask_geneva.loading import attach_as_loaded, values_from
-from flask_geneva.machine import NO_WAIT, Move, Plan, after_body
+from flask_geneva.machine import NO_WAIT, Move, Plan, after_body, consumes_signal
 from flask_geneva.machine import plan as plan_for
 from flask_geneva.publishing import PendingMessage, published_marks, remember_for_commit
 from flask_geneva.states import StepState, WorkflowState
-from flask_geneva.store.statements import Statements
+from flask_geneva.store.signals import SignalWrites
+from flask_geneva.store.statements import Statements, param
 from flask_geneva.store.values import (
     HERO_SAMPLE,
     WORKFLOW_INSERT_KEYS,
@@ -35,7 +36,7 @@ from flask_geneva.store.values import (
 from flask_geneva.timeutil import utcnow
 
 
-class Store:
+class Store(SignalWrites):
     """Writes workflow state for one :class:`~flask_geneva.Geneva` on one dialect."""
 
     #: Whether the database locks single rows (a waited step can lock ahead of its time).
@@ -242,13 +243,14 @@ class Store:
     def apply(self, session: Session, target: Target, plan: Plan, now: datetime, *,
               options: MessageOptions, error: BaseException | None = None,
               started: tuple[datetime, str | None] | None = None, withdraw: bool = True,
-              release_at: datetime | None = None, claim_next: bool = False,
-              message_id: str | None = None) -> Applied:
+              release_at: datetime | None = None, release: bool = True,
+              claim_next: bool = False, message_id: str | None = None) -> Applied:
         """Write ``plan`` for rows the caller has locked.
 
         ``started`` marks an execution that ends without having run (a precondition
         decided) with its start time and message; ``withdraw`` drops its outbox row;
-        ``release_at`` is when a kept execution runs again (:data:`Move.RELEASE`).
+        ``release_at`` is when a kept execution runs again (:data:`Move.RELEASE`), and
+        ``release`` False leaves it without a message (it waits for a signal).
         """
         connection = session.connection()
         transition = plan.transition
@@ -274,9 +276,11 @@ class Store:
                 })  # fmt: skip
                 if withdraw:
                     self.withdraw(session, target.execution_id)
+            if target.step_name in options.signal_waits and consumes_signal(transition):
+                self.consume_signal(session, target.workflow_id, target.execution_id, now)
         if transition.move == Move.HOLD and target.execution_id is not None:
             self.withdraw(session, target.execution_id)
-        if transition.move == Move.RELEASE and target.execution_id is not None:
+        if transition.move == Move.RELEASE and target.execution_id is not None and release:
             available_at = max(release_at or now, now)
             self.enqueue(session, target.execution_id, target.workflow_id, options,
                          available_at, now)
@@ -333,15 +337,49 @@ class Store:
     # -- scheduling ----------------------------------------------------------------------
 
     def schedule(self, session: Session, workflow_id: Any, *, step_name: str, sequence: int,
-                 run_at: datetime, now: datetime, options: MessageOptions) -> Any:
+                 run_at: datetime, now: datetime, options: MessageOptions,
+                 fresh: bool = False) -> Any:
         """Add a ``scheduled`` execution of ``step_name`` and its outbox row, to be
         published after the commit (the workflow row is the caller's to update).
-        Returns the new execution's id."""
+        Returns the new execution's id. A step that waits for a signal waits (see
+        :meth:`wait_plan`; ``fresh``: the workflow was just created)."""
+        wait = options.signal_waits.get(step_name)
+        if wait is not None:
+            waits, deadline, wake_at = self.wait_plan(session, workflow_id, wait, now,
+                                                      fresh=fresh)
+            if waits:
+                return self._schedule_waiting(session, workflow_id, step_name, sequence,
+                                              wait.name, deadline, wake_at, now, options)
         params = self._scheduling_params(workflow_id, step_name, run_at, now, options)
         params["hp_sequence"] = sequence
         new_id = self._insert_scheduled(session, params)
         self.announce(session, new_id, workflow_id, options, run_at, now)
         return new_id
+
+    def _schedule_waiting(self, session: Session, workflow_id: Any, step_name: str,
+                          sequence: int, signal_name: str, deadline: datetime | None,
+                          wake_at: datetime | None, now: datetime,
+                          options: MessageOptions) -> Any:
+        """Add an execution that waits for ``signal_name`` until ``deadline``, with an
+        outbox row at ``wake_at`` (none when None)."""
+        statement = self.__dict__.get("_insert_waiting")
+        if statement is None:
+            executions = self.sql.executions
+            statement = self.__dict__["_insert_waiting"] = sa.insert(executions).values({
+                **self.sql.execution_values,
+                "scheduled_for": param("hp_deadline", executions.c.scheduled_for.type),
+                "waiting_for": param("hp_waiting_for", executions.c.waiting_for.type),
+            })  # fmt: skip
+        params = self._scheduling_params(workflow_id, step_name, wake_at or now, now, options)
+        params.update(hp_sequence=sequence, hp_deadline=deadline, hp_waiting_for=signal_name)
+        connection = session.connection()
+        inserted = connection.execute(statement, params)
+        if not self.uuid_keys:
+            params["hp_new_id"] = _inserted_key(inserted)
+        if wake_at is not None:
+            connection.execute(self.sql.insert_outbox, params)
+            self.announce(session, params["hp_new_id"], workflow_id, options, wake_at, now)
+        return params["hp_new_id"]
 
     def _insert_scheduled(self, session: Session, params: dict[str, Any]) -> Any:
         """Insert the execution, then its outbox row; the new id."""

@@ -59,7 +59,9 @@ class PostgresStore(Store):
             and transition.outcome == StepOutcome.SUCCESS
             and error is None
         )
-        if not returned:
+        waits = options.signal_waits
+        if not returned or (waits and (target.step_name in waits or plan.schedule in waits)):
+            # Signals to consume or a step to wait: the shared writes, one at a time.
             return super().finalize(session, target, plan, now, options=options, error=error,
                                     claim_next=claim_next, message_id=message_id)
         connection = session.connection()

@@ -4,10 +4,12 @@ attempt's error is kept."""
 from __future__ import annotations
 
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from flask_geneva.text import bounded_backtrace, bounded_error_message
+from flask_geneva.waiting import SignalWait
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,8 @@ class MessageOptions:
     queue_name: str
     priority: int = 0
     time_limit_ms: int | None = None
+    #: The class's steps that wait for a signal, by name.
+    signal_waits: Mapping[str, SignalWait] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

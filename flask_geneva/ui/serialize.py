@@ -16,6 +16,12 @@ from flask_geneva.queries.counts import Count
 from flask_geneva.queries.detail import Due, StepRow, WorkflowDetail
 from flask_geneva.queries.health_panel import OVERDUE_GRACE, Health
 from flask_geneva.queries.pages import WorkflowActivity
+from flask_geneva.queries.signals import (
+    Waiting,
+    payload_excerpt,
+    signal_status,
+    waiting_of,
+)
 from flask_geneva.text import excerpt
 from flask_geneva.ui.present import describe_condition, describe_policy, iso_time
 
@@ -52,7 +58,38 @@ def workflow_json(workflow: Any, activity: WorkflowActivity | None = None) -> di
         result["last_execution"] = (
             execution_json(activity.last) if activity.last is not None else None
         )
+        result["waiting"] = waiting_json(waiting_of(activity.active))
     return result
+
+
+def waiting_json(waiting: Waiting | None) -> dict[str, Any] | None:
+    """What a workflow waits for: ``{"signal", "since", "until", "execution_id"}``
+    (``until`` null: no timeout), or None when no step waits for a signal."""
+    if waiting is None:
+        return None
+    return {
+        "signal": waiting.signal,
+        "since": iso_time(waiting.since),
+        "until": iso_time(waiting.until),
+        "execution_id": json_id(waiting.execution.id),
+    }
+
+
+def signal_json(signal: Any) -> dict[str, Any]:
+    """A stored signal. ``status`` tells a pending signal no step has taken
+    (``pending``) from one a step holds (``held``: its attempt has not ended)."""
+    return {
+        "id": json_id(signal.id),
+        "name": signal.name,
+        "state": str(signal.state),
+        "status": signal_status(signal),
+        "idempotency_key": signal.idempotency_key,
+        "created_at": iso_time(signal.created_at),
+        "consumed_at": iso_time(signal.consumed_at),
+        "execution_id": json_id(signal.execution_id),
+        "payload": json_safe(signal.payload),
+        "payload_excerpt": payload_excerpt(signal.payload),
+    }
 
 
 def execution_json(
@@ -70,6 +107,7 @@ def execution_json(
         "state": str(execution.state),
         "outcome": None if execution.outcome is None else str(execution.outcome),
         "scheduled_for": iso_time(execution.scheduled_for),
+        "waiting_for": execution.waiting_for,
         "started_at": iso_time(execution.started_at),
         "finished_at": iso_time(execution.finished_at),
         "duration_seconds": execution.duration,
@@ -117,7 +155,12 @@ def health_json(health: Health) -> dict[str, Any]:
             "stuck_threshold_seconds": health.stuck_scheduled_threshold.total_seconds(),
             "count": count_json(health.overdue_scheduled_count),
             "executions": [
-                {"execution": execution_json(e), "workflow": workflow_json(w)}
+                {
+                    "execution": execution_json(e),
+                    "workflow": workflow_json(w),
+                    "due_at": iso_time(health.due_at(e)),
+                    "stuck": health.will_recover(e),
+                }
                 for e, w in health.overdue_scheduled
             ],
         },
@@ -150,6 +193,13 @@ def step_json(row: StepRow) -> dict[str, Any]:
         result.update(
             {
                 "wait_seconds": definition.wait.total_seconds(),
+                "wait_for": None if definition.signal is None else definition.signal.name,
+                "timeout_seconds": (
+                    None
+                    if definition.signal is None or definition.signal.timeout is None
+                    else definition.signal.timeout.total_seconds()
+                ),
+                "on_timeout": None if definition.signal is None else definition.signal.on_timeout,
                 "skip_if": describe_condition(definition.skip_if) or None,
                 "only_if": describe_condition(definition.only_if) or None,
                 "on_exception": describe_policy(definition.on_exception) or None,
@@ -169,6 +219,7 @@ def due_json(due: Due) -> dict[str, Any]:
         "at": iso_time(due.at),
         "overdue": due.overdue,
         "stuck": due.stuck,
+        "waiting": waiting_json(due.waiting),
     }
 
 
@@ -177,6 +228,7 @@ def detail_json(detail: WorkflowDetail, hero: dict[str, Any]) -> dict[str, Any]:
     workflow = detail.workflow
     payload = workflow_json(workflow)
     payload["data"] = json_safe(dict(workflow.data or {}))
+    payload["waiting"] = waiting_json(detail.due.waiting)
     return {
         "workflow": payload,
         "hero": hero,
@@ -190,4 +242,6 @@ def detail_json(detail: WorkflowDetail, hero: dict[str, Any]) -> dict[str, Any]:
             "truncated": detail.history_truncated,
         },
         "actions": [{"name": a.name, "command": a.command} for a in detail.actions],
+        "signals": [signal_json(signal) for signal in detail.signals.signals],
+        "signals_truncated": detail.signals.truncated,
     }

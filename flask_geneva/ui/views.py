@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from typing import Any, Final, NoReturn
 
 from flask import (
@@ -40,6 +41,7 @@ from flask_geneva.queries.counts import CLASS_COUNT_CAP, COUNT_CAP
 from flask_geneva.queries.health_panel import OVERDUE_GRACE
 from flask_geneva.queries.lookups import WorkflowFilters
 from flask_geneva.queries.pages import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Cursor, WorkflowPage
+from flask_geneva.queries.signals import payload_excerpt, signal_status
 from flask_geneva.text import excerpt, quoted, shorten
 from flask_geneva.timeutil import utcnow
 from flask_geneva.ui import present, serialize
@@ -132,6 +134,9 @@ def template_helpers() -> dict[str, Any]:
         "page_url": _page_url,
         "hero_url": _hero_url,
         "excerpt": excerpt,
+        "payload_excerpt": payload_excerpt,
+        "signal_status": signal_status,
+        "shell_quote": shlex.quote,
         "count_cap": COUNT_CAP,
         "class_count_cap": CLASS_COUNT_CAP,
     }

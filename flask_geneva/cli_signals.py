@@ -1,0 +1,102 @@
+"""The signal parts of ``flask geneva``: reading ``--payload``, the line ``signal``
+prints, and what ``show`` says a workflow waits for and which signals it has.
+
+Pure functions over loaded rows (the commands in :mod:`flask_geneva.cli` do the I/O);
+every value from the database is escaped with :func:`~flask_geneva.text.printable` and
+bounded, as everywhere in the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final
+
+from flask_geneva.errors import InvalidInputError
+from flask_geneva.queries.signals import SignalList, Waiting, payload_excerpt, signal_status
+from flask_geneva.text import printable, quoted
+
+#: The most characters of a payload ``show`` prints per signal.
+CLI_PAYLOAD_EXCERPT_LENGTH: Final = 60
+#: The most signals ``show`` lists (the newest).
+CLI_SIGNAL_LIMIT: Final = 50
+#: How many characters of a signal name or key a line quotes.
+CLI_NAME_LENGTH: Final = 60
+
+
+def parse_payload(text: str | None) -> Any:
+    """``--payload``: JSON text, read with the standard library. None when not given.
+
+    :raises InvalidInputError: the text is not JSON (the message says where it stops
+        making sense), or it nests too deeply to read.
+    """
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(
+            f"--payload is not JSON: {error.msg} at line {error.lineno} column "
+            f"{error.colno} (character {error.pos + 1}) of {quoted(text)}"
+        ) from None
+    except RecursionError:
+        raise InvalidInputError(
+            "--payload is not JSON this reader can take: it nests too deeply"
+        ) from None
+    except ValueError as error:  # for example an integer of more digits than int() reads
+        raise InvalidInputError(f"--payload is not JSON this reader can take: {error}") from None
+
+
+def sent_line(workflow: Any, signal: Any, woke: str | None) -> str:
+    """What ``flask geneva signal`` prints: one line.
+
+    ``woke``: the step that waits for this signal and was made due now, if any.
+    """
+    name = quoted(signal.name, CLI_NAME_LENGTH)
+    target = f"{printable(workflow.workflow_class)} #{workflow.id}"
+    if signal.duplicate:
+        key = quoted(signal.idempotency_key, CLI_NAME_LENGTH)
+        return (
+            f"signal {name} for {target} was stored before (idempotency key {key}, "
+            f"signal #{signal.id}, {signal_status(signal)}); nothing new stored"
+        )
+    line = f"signal {name} stored for {target} (signal #{signal.id})"
+    if woke is not None:
+        line += f"; step {printable(woke)} waits for it and is due now"
+    elif str(workflow.state) == "paused":
+        line += "; the workflow is paused: it is taken after resume"
+    else:
+        line += "; pending until a step waits for it"
+    return line
+
+
+def waiting_line(waiting: Waiting, paused: bool, when: Callable[[datetime | None], str]) -> str:
+    """``show``'s line saying what the workflow waits for."""
+    until = f"until {when(waiting.until)}" if waiting.until is not None else "no timeout"
+    step = printable(waiting.execution.step_name)
+    line = (
+        f"{step} waits for {quoted(waiting.signal, CLI_NAME_LENGTH)} "
+        f"since {when(waiting.since)}, {until}"
+    )
+    return line + (" (after resume)" if paused else "")
+
+
+def signal_rows(signals: SignalList, when: Callable[[datetime | None], str]) -> list[list[str]]:
+    """``show``'s signal table: a header, then one row per signal, newest first."""
+    rows = [["ID", "NAME", "STATE", "CREATED", "CONSUMED", "KEY", "EXECUTION", "PAYLOAD"]]
+    for signal in signals.signals:
+        key = signal.idempotency_key
+        rows.append(
+            [
+                f"#{signal.id}",
+                quoted(signal.name, CLI_NAME_LENGTH),
+                signal_status(signal),
+                when(signal.created_at),
+                when(signal.consumed_at),
+                "-" if key is None else quoted(key, CLI_NAME_LENGTH),
+                "-" if signal.execution_id is None else f"#{signal.execution_id}",
+                printable(payload_excerpt(signal.payload, CLI_PAYLOAD_EXCERPT_LENGTH)),
+            ]
+        )
+    return rows

@@ -1,0 +1,112 @@
+"""Sending a signal to a workflow: ``wf.signal(...)`` and ``geneva.send_signal(...)``.
+
+The signal is checked before anything is written (a bad name, key or payload raises
+:class:`~flask_geneva.InvalidSignalError`, a ``ValueError``, and changes nothing). Then,
+under the workflow's row lock: a repeated idempotency key returns the stored signal
+(``duplicate`` True); a finished or canceled workflow refuses; otherwise the signal is
+stored pending and, when the workflow's scheduled execution waits for that name, its
+message is moved to now. Nothing commits here: the caller's commit stores the signal
+together with its own writes, and only then is the step published.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from flask_geneva.errors import InvalidSignalError, InvalidStateError
+from flask_geneva.extension import require_state
+from flask_geneva.ids import parse_workflow_id
+from flask_geneva.jsonvalues import json_problem
+from flask_geneva.models import IDEMPOTENCY_KEY_LENGTH
+from flask_geneva.runs import message_options
+from flask_geneva.states import FINAL_STATES, WorkflowState
+from flask_geneva.store import store_for
+from flask_geneva.text import quoted
+from flask_geneva.timeutil import utcnow
+from flask_geneva.waiting import check_signal_name
+
+
+def checked_signal(name: Any, payload: Any, key: Any, max_payload: int) -> tuple[str, Any, Any]:
+    """The name, the payload as the database will give it back, and the key; or
+    :class:`~flask_geneva.InvalidSignalError` naming what is wrong."""
+    try:
+        check_signal_name(name, "signal()")
+    except ValueError as error:
+        raise InvalidSignalError(str(error)) from None
+    if key is not None and (
+        not isinstance(key, str) or not key or len(key) > IDEMPOTENCY_KEY_LENGTH
+    ):
+        raise InvalidSignalError(
+            f"signal({name!r}): idempotency_key must be None or a non-empty string of at "
+            f"most {IDEMPOTENCY_KEY_LENGTH} characters, got {quoted(key)}"
+        )
+    try:
+        text = json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidSignalError(
+            f"signal({name!r}): the payload must be JSON-serialisable: "
+            f"{json_problem(payload, error, 'payload')}"
+        ) from None
+    size = len(text.encode())
+    if size > max_payload:
+        raise InvalidSignalError(
+            f"signal({name!r}): the payload is {size} bytes of JSON, more than "
+            f"GENEVA_MAX_SIGNAL_PAYLOAD ({max_payload}); store the data in your own table "
+            f"and send its id"
+        )
+    return name, json.loads(text), key
+
+
+def send_signal(workflow: Any, name: Any, payload: Any = None,
+                idempotency_key: Any = None) -> Any:
+    """Store a signal for ``workflow`` (see the module's docstring); the stored row."""
+    state = require_state()
+    name, payload, key = checked_signal(
+        name, payload, idempotency_key, state.config.max_signal_payload
+    )
+    geneva = workflow._geneva
+    session: Session = sa.orm.object_session(workflow) or geneva.db.session()
+    if workflow.id is None:
+        session.flush()
+    return _store(session, geneva, workflow.id, name, payload, key)
+
+
+def send_signal_by_id(geneva: Any, workflow_id: Any, name: Any, payload: Any = None,
+                      idempotency_key: Any = None) -> Any:
+    """:func:`send_signal` for the workflow of ``workflow_id``, in ``db.session``.
+
+    :raises LookupError: no workflow has that id.
+    """
+    state = require_state()
+    name, payload, key = checked_signal(
+        name, payload, idempotency_key, state.config.max_signal_payload
+    )
+    key_value = parse_workflow_id(geneva, workflow_id)
+    return _store(geneva.db.session(), geneva, key_value, name, payload, key)
+
+
+def _store(session: Session, geneva: Any, workflow_id: Any, name: str, payload: Any,
+           key: str | None) -> Any:
+    store = store_for(geneva, session)
+    locked = store.lock_workflow(session, workflow_id)
+    if locked is None:
+        raise LookupError(f"no workflow with id {quoted(workflow_id)}")
+    if key is not None:
+        stored = store.stored_signal(session, locked.id, name, key)
+        if stored is not None:
+            stored.duplicate = True
+            return stored
+    if locked.state in FINAL_STATES:
+        raise InvalidStateError(
+            f"cannot signal {locked.workflow_class} #{locked.id}: it is {locked.state}, and "
+            f"a signal needs an ongoing workflow"
+        )
+    now = utcnow()
+    signal = store.store_signal(session, locked.id, name, payload, key, now)
+    if locked.state == WorkflowState.READY:
+        store.wake_waiting(session, locked.id, name, now, message_options(type(locked)))
+    return signal
