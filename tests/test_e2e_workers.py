@@ -88,10 +88,10 @@ def _require_redis() -> redis.Redis:
     return client
 
 
-def _e2e(pg_database_url: str, broker_url: str) -> Iterator[E2E]:
+def _e2e(database_url: str, broker_url: str) -> Iterator[E2E]:
     queue = f"e2e_{uuid.uuid4().hex[:10]}"
-    app = create_app(pg_database_url, broker_url, queue)
-    env = {"E2E_DATABASE_URL": pg_database_url, "E2E_BROKER_URL": broker_url, "E2E_QUEUE": queue}
+    app = create_app(database_url, broker_url, queue)
+    env = {"E2E_DATABASE_URL": database_url, "E2E_BROKER_URL": broker_url, "E2E_QUEUE": queue}
     with app.app_context():
         db.drop_all()
         db.create_all()
