@@ -82,7 +82,7 @@ class WaitingWorkflow(geneva.Workflow):
         record(self)
 
 
-class SoonWorkflow(geneva.Workflow):
+class SubSecondWaitWorkflow(geneva.Workflow):
     """A first step 0.4 s after creation: sooner than a relay's poll, so a relay in
     another process must be woken to publish it on time."""
 

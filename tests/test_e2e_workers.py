@@ -29,8 +29,8 @@ from flask_geneva.timeutil import as_utc, utcnow
 from tests.conftest import SERVER_DATABASES
 from tests.e2e_app import (
     HangingWorkflow,
-    SoonWorkflow,
     StepRun,
+    SubSecondWaitWorkflow,
     ThreeStepWorkflow,
     TimedStepsWorkflow,
     WaitingWorkflow,
@@ -160,7 +160,7 @@ def test_a_short_wait_scheduled_by_a_process_without_a_relay_starts_on_time(e2e:
     e2e.start_workers()
     lateness = []
     for _ in range(5):
-        [workflow_id] = _create(SoonWorkflow, 1)
+        [workflow_id] = _create(SubSecondWaitWorkflow, 1)
         ids = [workflow_id]
         wait_until(lambda: e2e.all_finished(ids), timeout=30, message="the step")  # noqa: B023
         scheduled_for, body_started = db.session.execute(
