@@ -326,6 +326,16 @@ def step_record(
     return rec
 
 
+def blpop(client: Any, key: str, timeout_s: float) -> Any:
+    """``BLPOP`` for up to ``timeout_s``, one second at a time (redis-py 6+ gives its
+    connections a 5 s socket timeout, which a longer ``BLPOP`` would run into)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        item = client.blpop(key, timeout=1)
+        if item is not None or time.monotonic() > deadline:
+            return item
+
+
 def drain_step_records(client, key: str) -> list[dict[str, Any]]:
     raw = client.lrange(key, 0, -1)
     client.delete(key)

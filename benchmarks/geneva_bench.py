@@ -259,6 +259,8 @@ def run(load: common.Load, ctx: common.RunContext) -> common.RunOutput:
     rc.flushdb()
     common.setup_bench_tables(ids)
     with app.app_context():
+        # The signals table (SPEC section 11) refers to the workflows: it goes first.
+        geneva.WorkflowSignal.__table__.drop(db.engine, checkfirst=True)
         geneva.OutboxMessage.__table__.drop(db.engine, checkfirst=True)
         geneva.StepExecution.__table__.drop(db.engine, checkfirst=True)
         geneva.Workflow.__table__.drop(db.engine, checkfirst=True)

@@ -2,8 +2,9 @@
 
 Creates fresh tables and example workflows, starts the embedded worker, and serves the
 app (the status UI is at ``/geneva/``). ``--until-done`` runs no server: it waits until
-every example workflow has stopped moving (finished, canceled or paused) and prints a
-summary, which is how the test suite checks the demo.
+every example workflow has stopped moving (finished, canceled, paused, or waiting for a
+signal that nobody has sent: the unanswered expense claim) and prints a summary, which
+is how the test suite checks the demo.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ import argparse
 import sys
 import time
 
-import sqlalchemy as sa
-
-from example_app.app import create_app, seed
-from example_app.models import db, geneva
+from example_app.app import create_app, seed, settled_states, waiting_for_signals
+from example_app.models import db
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,35 +28,31 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app()
     with app.app_context():
         db.drop_all()
-        seed()
+        created = seed()
+        unanswered = created[-2].id  # the expense claim nobody has decided on
     state = app.extensions["geneva"]
     state.start_embedded_worker()
     if not args.until_done:
-        print(f" * flask_geneva demo: open http://{args.host}:{args.port}/geneva/")
+        base = f"http://{args.host}:{args.port}"
+        print(f" * flask_geneva demo: open {base}/geneva/")
+        print(f" * expense claim workflow #{unanswered} waits for a manager; approve it with:")
+        print(f"   curl -X POST -H 'Idempotency-Key: demo-1' -H 'Content-Type: application/json' "
+              f"""-d '{{"ok": true, "by": "you"}}' {base}/approvals/{unanswered}/decision""")
+        print(f"   or: flask --app example_app.app geneva signal {unanswered} approved "
+              f"""--payload '{{"ok": true, "by": "you"}}' --key demo-1""")
         app.run(host=args.host, port=args.port, use_reloader=False)
         return 0
     deadline = time.monotonic() + args.timeout
     with app.app_context():
-        while True:
-            counts = dict(
-                db.session.execute(
-                    sa.select(geneva.Workflow.state, sa.func.count()).group_by(
-                        geneva.Workflow.state
-                    )
-                ).all()
-            )
-            db.session.rollback()
-            moving = counts.get("ready", 0) + counts.get("performing", 0)
-            if not moving:
-                break
+        while (states := settled_states()) is None:
             if time.monotonic() > deadline:
-                print(f"still moving after {args.timeout} s: {counts}", file=sys.stderr)
+                waiting = waiting_for_signals()
+                print(f"still moving after {args.timeout} s (waiting for signals: {waiting})",
+                      file=sys.stderr)
                 return 1
             time.sleep(0.2)
-        for workflow in db.session.scalars(
-            sa.select(geneva.Workflow).order_by(geneva.Workflow.id)
-        ):
-            print(f"{workflow.workflow_class} #{workflow.id}: {workflow.state}")
+        for workflow, text in states.items():
+            print(f"{workflow}: {text}")
     state.stop_embedded_worker()
     return 0
 

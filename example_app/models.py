@@ -1,4 +1,5 @@
-"""The example app's own data: users, payments, archives — and the Geneva extension."""
+"""The example app's own data: users, payments, archives, expense claims — and the Geneva
+extension."""
 
 from __future__ import annotations
 
@@ -56,6 +57,21 @@ class Archive(db.Model):  # type: ignore[name-defined,misc]
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column()
     payload: Mapped[str] = mapped_column(sa.Text)
+
+
+class ExpenseClaim(db.Model):  # type: ignore[name-defined,misc]
+    """An expense to reimburse once a manager approves it."""
+
+    __tablename__ = "expense_claims"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
+    amount_cents: Mapped[int]
+    description: Mapped[str] = mapped_column(sa.String(200))
+    #: "new", "awaiting_approval", "approved", "rejected", "expired", "reimbursed".
+    status: Mapped[str] = mapped_column(sa.String(20), default="new")
+    #: Who decided (the signal's ``by``).
+    decided_by: Mapped[str | None] = mapped_column(sa.String(200))
 
 
 class Outbox(db.Model):  # type: ignore[name-defined,misc]

@@ -1,7 +1,9 @@
-"""The manual's three appendix workflows.
+"""The manual's three appendix workflows, and an approval that waits for a signal.
 
 Waits are written in "days" of :data:`DAY`, which the demo shrinks to a couple of
 seconds (``EXAMPLE_SECONDS_PER_DAY``, default 2) so a person can watch them progress.
+The approval's timeout is not: a manager has :data:`APPROVAL_TIMEOUT` (three real days)
+to answer, so the demo's unanswered claim stays waiting while you watch it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ import json
 import os
 from datetime import timedelta
 
-from example_app.models import Archive, ErasureRequest, Payment, User, db, geneva
+from example_app.models import (
+    Archive,
+    ErasureRequest,
+    ExpenseClaim,
+    Payment,
+    User,
+    db,
+    geneva,
+)
 from example_app.services import (
     CardDeclined,
     PaymentGateway,
@@ -23,6 +33,12 @@ from flask_geneva import cancel_if, step
 
 #: One "day" of the example workflows.
 DAY = timedelta(seconds=float(os.environ.get("EXAMPLE_SECONDS_PER_DAY", "2")))
+
+#: How long a manager has to decide on an expense claim (real days, not :data:`DAY`).
+APPROVAL_TIMEOUT = timedelta(days=3)
+
+#: The signal a manager's decision arrives as: payload ``{"ok": bool, "by": str}``.
+DECISION = "approved"
 
 
 class UserOnboardingWorkflow(geneva.Workflow):
@@ -111,3 +127,42 @@ class DataRetentionWorkflow(geneva.Workflow):
         if request is not None:
             request.completed = True
         send_mail("privacy@example.com", f"Erased user {self.data['deleted_user_id']}")
+
+
+class ExpenseApprovalWorkflow(geneva.Workflow):
+    """Reimburse an expense once a manager approves it: ``wait_for``, ``timeout`` and
+    ``received_signal``. The decision arrives as the ``approved`` signal, sent by
+    ``POST /approvals/<workflow id>/decision`` (or ``flask geneva signal``)."""
+
+    @step
+    def request_approval(self) -> None:
+        claim: ExpenseClaim = self.hero
+        claim.status = "awaiting_approval"
+        send_mail(
+            "manager@example.com",
+            f"Please approve expense claim {claim.id} ({claim.amount_cents / 100:.2f}: "
+            f"{claim.description}): POST /approvals/{self.id}/decision",
+        )
+
+    @step(wait_for=DECISION, timeout=APPROVAL_TIMEOUT)
+    def act_on_decision(self) -> None:
+        claim: ExpenseClaim = self.hero
+        user = db.session.get(User, claim.user_id)
+        decision = self.received_signal
+        if decision is None:  # nobody decided within APPROVAL_TIMEOUT
+            claim.status = "expired"
+            send_mail(user.email, f"Expense claim {claim.id} expired without a decision")
+            self.cancel()
+        claim.decided_by = decision.payload["by"]
+        if not decision.payload["ok"]:
+            claim.status = "rejected"
+            send_mail(user.email, f"Expense claim {claim.id} was rejected")
+            self.cancel()
+        claim.status = "approved"
+
+    @step
+    def reimburse(self) -> None:
+        claim: ExpenseClaim = self.hero
+        user = db.session.get(User, claim.user_id)
+        claim.status = "reimbursed"
+        send_mail(user.email, f"Expense claim {claim.id} approved: reimbursed")

@@ -5,9 +5,10 @@ consumer sleeps between fetches, for up to the worker's timeout, so a message pu
 to an idle worker waits for the end of that sleep (tens of milliseconds on average at a
 100 ms timeout). Geneva's Redis broker gives its queues a *wake channel* instead: each
 message published to a queue (not a delay queue) also pushes a token onto a short Redis
-list beside it (``<namespace>:geneva-wake:<queue>``, at most :data:`WAKE_TOKENS_KEPT`
-long), and an idle consumer of that queue, rather than sleeping, waits on that list with
-a blocking pop for up to ``GENEVA_WORKER_IDLE_TIMEOUT_MS``. A message therefore reaches
+list beside it (``<namespace>:geneva-wake:<queue>``, cut back to
+:data:`WAKE_TOKENS_KEPT` whenever it grows to twice that), and an idle consumer of that
+queue, rather than sleeping, waits on that list with a blocking pop for up to
+``GENEVA_WORKER_IDLE_TIMEOUT_MS``. A message therefore reaches
 an idle worker within a Redis round trip, and an idle worker asks Redis for work about
 ten times a second. Tokens cannot be lost between a fetch that found nothing and the
 wait (they stay in the list), and a stale token costs one empty fetch. Everything else
@@ -61,10 +62,10 @@ class GenevaRedisBroker(RedisBroker):
         if delay is None:
             key = self.wake_key(enqueued.queue_name)
             try:
-                pipeline = self.client.pipeline(transaction=False)
-                pipeline.lpush(key, b"1")
-                pipeline.ltrim(key, 0, WAKE_TOKENS_KEPT - 1)
-                pipeline.execute()
+                # One call; the list is cut back only once it is twice as long as kept
+                # (while every consumer is busy, nobody takes the tokens).
+                if self.client.lpush(key, b"1") > 2 * WAKE_TOKENS_KEPT:
+                    self.client.ltrim(key, 0, WAKE_TOKENS_KEPT - 1)
             except redis.RedisError:  # the message is in; consumers look again soon
                 self.logger.debug("could not push the wake token for %r", key, exc_info=True)
         return enqueued

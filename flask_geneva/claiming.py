@@ -36,6 +36,7 @@ from flask_geneva.runs import (
 )
 from flask_geneva.states import StepState, WorkflowState
 from flask_geneva.store import Store, Target
+from flask_geneva.text import quoted, shorten
 from flask_geneva.timeutil import utcnow
 from flask_geneva.waiting import SignalWait
 
@@ -94,6 +95,14 @@ def claim(
     if step is not None and step.signal is not None:
         awaited = await_signal(store, session, workflow, execution, step.signal, now,
                                timeout_elapsed=timeout_elapsed)
+        deadline = execution.scheduled_for
+        lead = prelock if store.row_locks else timedelta(0)
+        if awaited.kind == "wait" and not ignore_schedule and deadline is not None \
+                and deadline - now <= lead:
+            # Locked just ahead of the deadline, as a waited step is: the timeout comes
+            # at it (a signal sent meanwhile waits for these locks and stays pending).
+            now = _wait_until_due(deadline, lead, now)
+            awaited = Awaited("timeout")
         if awaited.kind == "wait":
             def again() -> Claim | StepResult | None:
                 return claim(
@@ -103,7 +112,8 @@ def claim(
                 )  # fmt: skip
 
             return _keep_waiting(session, store, workflow, execution, now, ignore_schedule,
-                                 waited=waited, early_wait_max=early_wait_max, retry=again)
+                                 waited=waited, early_wait_max=early_wait_max, lead=lead,
+                                 retry=again)
     waiting = execution.waiting_for is not None  # due when woken, whatever scheduled_for says
     if not waiting and not ignore_schedule and execution.scheduled_for > now + early_tolerance:
         session.rollback()
@@ -144,15 +154,11 @@ def claim(
         return StepResult(subject.execution_id, subject.step_name, "exception", problem)
 
     definition = cls._geneva_definition
-    error: BaseException | None
-    if awaited is not None and awaited.error is not None:
-        verdict, error = Verdict.EXCEPTION, awaited.error  # the signal predicate raised
-    else:
-        workflow.__dict__["_geneva_running"] = execution
-        try:
-            verdict, error = check_preconditions(workflow, step, definition)
-        finally:
-            workflow.__dict__.pop("_geneva_running", None)
+    workflow.__dict__["_geneva_running"] = execution
+    try:
+        verdict, error = check_preconditions(workflow, step, definition)
+    finally:
+        workflow.__dict__.pop("_geneva_running", None)
     policy = None
     if verdict == Verdict.EXCEPTION:
         assert error is not None
@@ -190,12 +196,10 @@ def claim(
 class Awaited:
     """What a step that waits for a signal finds at its claim: ``"signal"`` (the one it
     takes), ``"timeout"`` (its timeout ended first), ``"due"`` (a retry without a signal,
-    or a step no longer waiting), ``"wait"`` (nothing yet), or ``"error"`` (the
-    matcher's predicate raised)."""
+    or a step no longer waiting), or ``"wait"`` (nothing yet)."""
 
     kind: str
     signal: Any = None
-    error: BaseException | None = None
 
 
 def await_signal(
@@ -204,31 +208,45 @@ def await_signal(
 ) -> Awaited:
     """Find the signal the execution runs with, under the workflow's lock: the one its
     step holds from an earlier attempt, else the oldest pending one that matches."""
-    held = store.held_signal(session, workflow.id)
-    if held is not None:
-        return Awaited("signal", held)
+    for candidate in store.signal_candidates(session, workflow.id, wait.name):
+        if candidate.execution_id is not None:  # held from an earlier attempt
+            return Awaited("signal", candidate)
+        if execution.waiting_for is None:
+            return Awaited("due")
+        if _matches(wait, workflow, execution, candidate):
+            return Awaited("signal", candidate)
     if execution.waiting_for is None:
         return Awaited("due")
-    try:
-        for candidate in store.free_signals(session, workflow.id, wait.name):
-            if wait.matcher.matches(workflow, candidate):
-                return Awaited("signal", candidate)
-    except STEP_FAILURES as error:
-        return Awaited("error", error=error)
     deadline = execution.scheduled_for
     if timeout_elapsed or (deadline is not None and deadline <= now):
         return Awaited("timeout")
     return Awaited("wait")
 
 
+def _matches(wait: SignalWait, workflow: Any, execution: Any, signal: Any) -> bool:
+    """Whether the step takes ``signal``. A predicate that raises does not match that
+    signal (logged): a malformed payload from outside must not stop the step from taking
+    a good signal that comes after it."""
+    try:
+        return wait.matcher.matches(workflow, signal)
+    except STEP_FAILURES as error:
+        workflow_logger(workflow, execution).warning(
+            "the SignalMatcher predicate of step %s raised for signal #%s %s (%s: %s); "
+            "that signal counts as not matching and stays pending",
+            quoted(execution.step_name), signal.id, quoted(signal.name),
+            type(error).__name__, shorten(str(error), 500),
+        )  # fmt: skip
+        return False
+
+
 def _keep_waiting(
     session: Session, store: Store, workflow: Any, execution: Any, now: datetime,
-    ignore_schedule: bool, *, waited: bool, early_wait_max: timedelta,
+    ignore_schedule: bool, *, waited: bool, early_wait_max: timedelta, lead: timedelta,
     retry: Callable[[], Claim | StepResult | None],
 ) -> Claim | StepResult | None:
     """No signal for a waiting execution yet: it waits on, its outbox row at its
     deadline (none without one). Just ahead of the deadline (the relay publishes a
-    little ahead), wait for it instead, without holding the locks, and claim again."""
+    little ahead), wait without the locks until ``lead`` before it, and claim again."""
     deadline = execution.scheduled_for
     key, step_name = execution.id, execution.step_name
     if ignore_schedule:
@@ -236,7 +254,7 @@ def _keep_waiting(
         return StepResult(key, step_name, "waiting")
     if deadline is not None and not waited and deadline - now <= early_wait_max:
         session.rollback()
-        time.sleep(max((deadline - now).total_seconds(), 0.0))
+        time.sleep(max((deadline - now - lead).total_seconds(), 0.0))
         return retry()
     store.withdraw(session, key)
     if deadline is not None:

@@ -21,8 +21,10 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from flask_geneva.cli_signals import (
+    CLI_NAME_LENGTH,
     CLI_SIGNAL_LIMIT,
     parse_payload,
+    resume_line,
     sent_line,
     signal_rows,
     waiting_line,
@@ -37,7 +39,16 @@ from flask_geneva.queries.lookups import (
     parse_hero,
 )
 from flask_geneva.queries.pages import list_workflows
-from flask_geneva.queries.signals import waiting_of, waits_now, workflow_signals
+from flask_geneva.queries.signals import (
+    held_signal,
+    pending_signals,
+    signal_runs,
+    signals_taken,
+    timed_out,
+    waiting_of,
+    waits_now,
+    workflow_signals,
+)
 from flask_geneva.states import StepState, WorkflowState
 from flask_geneva.text import printable, quoted, shorten
 from flask_geneva.timeutil import as_utc, utcnow
@@ -222,7 +233,9 @@ def signal_command(workflow_id: str, name: str, payload: str | None, key: str | 
     except Exception:
         session.rollback()
         raise
-    click.echo(sent_line(workflow, sent, woke))
+    cls = type(workflow)
+    waits = cls._geneva_definition.signal_waits if cls.is_defined() else None
+    click.echo(sent_line(workflow, sent, woke, waits))
 
 
 # --------------------------------------------------------------------------- show
@@ -279,9 +292,30 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
     show(f"  previous:     {printable(workflow.previous_step_name or '-')}")
     history = execution_history(geneva, workflow)
     waiting = waiting_of(next((e for e in reversed(history) if waits_now(e)), None))
+    paused = workflow.state == WorkflowState.PAUSED
+    runs = signal_runs(history, signals_taken(geneva, history))
+    waits = cls._geneva_definition.signal_waits if defined else {}
+    if paused and history and str(history[-1].outcome) == "canceled":
+        last = history[-1]
+        if timed_out(last, runs.get(last.id)):
+            show(
+                f"  paused:       {printable(last.step_name)} timed out waiting for "
+                f"{quoted(last.waiting_for, CLI_NAME_LENGTH)} (on_timeout='pause')"
+            )
     if waiting is not None:
-        paused = workflow.state == WorkflowState.PAUSED
-        show(f"  waiting:      {waiting_line(waiting, paused, _when)}")
+        wait = waits.get(waiting.execution.step_name)
+        pending = pending_signals(geneva, workflow, waiting.signal) if paused else 0
+        checks = wait is not None and wait.matcher.predicate is not None
+        line = waiting_line(waiting, paused, _when, pending=pending, checks=checks)
+        show(f"  waiting:      {line}")
+    elif paused and workflow.next_step_name in waits and history:
+        wait = waits[workflow.next_step_name]
+        kept = any(e.state == StepState.SCHEDULED for e in history[-1:])
+        if not kept and held_signal(geneva, workflow) is None:
+            pending = pending_signals(geneva, workflow, wait.name)
+            checks = wait.matcher.predicate is not None
+            line = resume_line(workflow.next_step_name, wait, pending, checks)
+            show(f"  waiting:      {line}")
     show(f"  data:         {printable(data)}")
     steps = cls.step_names() if defined else []
     if steps:
@@ -290,7 +324,7 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
     if signals.signals:
         newest = f", the newest {CLI_SIGNAL_LIMIT}" if signals.truncated else ""
         show(f"  signals:      {signals.pending} pending{newest}")
-        for line in _aligned(signal_rows(signals, _when), gap=2):
+        for line in _aligned(signal_rows(signals, _when, workflow.state), gap=2):
             show("    " + line)
     show("  timeline:")
     if not history:
@@ -301,7 +335,7 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
             f"#{execution.sequence}",
             printable(execution.step_name),
             f"{execution.state}/{execution.outcome}" if execution.outcome else execution.state,
-            _scheduled_cell(execution),
+            _scheduled_cell(execution, runs.get(execution.id)),
             f"started {_when(execution.started_at)}" if execution.started_at else "",
             f"finished {_when(execution.finished_at)}" if execution.finished_at else "",
         ]
@@ -321,13 +355,17 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
                     show(f"           | {printable(trace_line)}")
 
 
-def _scheduled_cell(execution: Any) -> str:
-    """When the execution was due; for a step waiting for a signal, what it waits for."""
+def _scheduled_cell(execution: Any, signal_id: Any) -> str:
+    """When the execution was due; for a step waiting for a signal, what it waits for,
+    or what it waited for and whether a signal (which) or its timeout ended the wait."""
+    taken = "" if signal_id is None else f", ran with signal #{signal_id}"
     if execution.waiting_for is None:
-        return f"scheduled {_when(execution.scheduled_for)}"
+        return f"scheduled {_when(execution.scheduled_for)}{taken}"
     name = quoted(execution.waiting_for)
+    if timed_out(execution, signal_id):
+        return f"timed out waiting for {name}"
     if not waits_now(execution):
-        return f"waited for {name}"
+        return f"waited for {name}{taken}"
     if execution.scheduled_for is None:
         return f"waiting for {name}, no timeout"
     return f"waiting for {name} until {_when(execution.scheduled_for)}"

@@ -9,13 +9,20 @@ bounded, as everywhere in the CLI.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
 from flask_geneva.errors import InvalidInputError
-from flask_geneva.queries.signals import SignalList, Waiting, payload_excerpt, signal_status
+from flask_geneva.queries.signals import (
+    KEPT,
+    SignalList,
+    Waiting,
+    payload_excerpt,
+    signal_status,
+)
 from flask_geneva.text import printable, quoted
+from flask_geneva.ui.present import format_duration
 
 #: The most characters of a payload ``show`` prints per signal.
 CLI_PAYLOAD_EXCERPT_LENGTH: Final = 60
@@ -48,10 +55,14 @@ def parse_payload(text: str | None) -> Any:
         raise InvalidInputError(f"--payload is not JSON this reader can take: {error}") from None
 
 
-def sent_line(workflow: Any, signal: Any, woke: str | None) -> str:
+def sent_line(
+    workflow: Any, signal: Any, woke: str | None, waits: Mapping[str, Any] | None = None
+) -> str:
     """What ``flask geneva signal`` prints: one line.
 
     ``woke``: the step that waits for this signal and was made due now, if any.
+    ``waits``: the workflow class's signal waits by step name (each with ``.name`` and
+    ``.matcher``), None when the class is not defined here.
     """
     name = quoted(signal.name, CLI_NAME_LENGTH)
     target = f"{printable(workflow.workflow_class)} #{workflow.id}"
@@ -59,10 +70,25 @@ def sent_line(workflow: Any, signal: Any, woke: str | None) -> str:
         key = quoted(signal.idempotency_key, CLI_NAME_LENGTH)
         return (
             f"signal {name} for {target} was stored before (idempotency key {key}, "
-            f"signal #{signal.id}, {signal_status(signal)}); nothing new stored"
+            f"signal #{signal.id}, {status_text(signal_status(signal, workflow.state))}); "
+            f"nothing new stored"
         )
     line = f"signal {name} stored for {target} (signal #{signal.id})"
-    if woke is not None:
+    wait = None if waits is None or woke is None else waits.get(woke)
+    if waits is not None and signal.name not in {w.name for w in waits.values()}:
+        line = (
+            f"signal {name} stored for {target} (signal #{signal.id}), but no step of "
+            f"{printable(workflow.workflow_class)} waits for {name}"
+        )
+        names = list(dict.fromkeys(w.name for w in waits.values()))
+        if names:
+            listed = ", ".join(quoted(n, CLI_NAME_LENGTH) for n in names)
+            line += f" (its steps wait for: {listed})"
+        else:
+            line += " (none of its steps waits for a signal)"
+    elif woke is not None and wait is not None and wait.matcher.predicate is not None:
+        line += f"; step {printable(woke)} is woken to check it"
+    elif woke is not None:
         line += f"; step {printable(woke)} waits for it and is due now"
     elif str(workflow.state) == "paused":
         line += "; the workflow is paused: it is taken after resume"
@@ -71,18 +97,54 @@ def sent_line(workflow: Any, signal: Any, woke: str | None) -> str:
     return line
 
 
-def waiting_line(waiting: Waiting, paused: bool, when: Callable[[datetime | None], str]) -> str:
-    """``show``'s line saying what the workflow waits for."""
-    until = f"until {when(waiting.until)}" if waiting.until is not None else "no timeout"
+def waiting_line(
+    waiting: Waiting,
+    paused: bool,
+    when: Callable[[datetime | None], str],
+    *,
+    pending: int = 0,
+    checks: bool = False,
+) -> str:
+    """``show``'s line saying what the workflow waits for. ``pending``: free pending
+    signals of that name (a paused workflow's step takes one at once after resume);
+    ``checks``: its matcher has a predicate (it checks them rather than takes one)."""
     step = printable(waiting.execution.step_name)
-    line = (
-        f"{step} waits for {quoted(waiting.signal, CLI_NAME_LENGTH)} "
-        f"since {when(waiting.since)}, {until}"
-    )
+    name = quoted(waiting.signal, CLI_NAME_LENGTH)
+    if paused and pending:
+        return f"{step} {_at_once(pending, name, checks)} after resume"
+    until = f"until {when(waiting.until)}" if waiting.until is not None else "no timeout"
+    line = f"{step} waits for {name} since {when(waiting.since)}, {until}"
     return line + (" (after resume)" if paused else "")
 
 
-def signal_rows(signals: SignalList, when: Callable[[datetime | None], str]) -> list[list[str]]:
+def resume_line(step_name: str, wait: Any, pending: int, checks: bool) -> str:
+    """``show``'s line for a paused workflow without a kept execution whose step waits
+    for a signal (``wait``, a :class:`~flask_geneva.waiting.SignalWait`)."""
+    step = printable(step_name)
+    name = quoted(wait.name, CLI_NAME_LENGTH)
+    if pending:
+        return f"{step} {_at_once(pending, name, checks)} after resume"
+    timeout = (
+        "no timeout"
+        if wait.timeout is None
+        else f"a fresh timeout of {format_duration(wait.timeout)}"
+    )
+    return f"{step} waits again for {name} after resume ({timeout})"
+
+
+def _at_once(pending: int, name: str, checks: bool) -> str:
+    signals = f"{pending} pending {name} signal" + ("s" if pending > 1 else "")
+    return f"is woken at once to check {signals}" if checks else f"runs at once ({signals})"
+
+
+def status_text(status: str) -> str:
+    """A signal's status as ``show`` and ``signal`` print it."""
+    return "kept (workflow ended)" if status == KEPT else status
+
+
+def signal_rows(
+    signals: SignalList, when: Callable[[datetime | None], str], workflow_state: Any = None
+) -> list[list[str]]:
     """``show``'s signal table: a header, then one row per signal, newest first."""
     rows = [["ID", "NAME", "STATE", "CREATED", "CONSUMED", "KEY", "EXECUTION", "PAYLOAD"]]
     for signal in signals.signals:
@@ -91,7 +153,7 @@ def signal_rows(signals: SignalList, when: Callable[[datetime | None], str]) -> 
             [
                 f"#{signal.id}",
                 quoted(signal.name, CLI_NAME_LENGTH),
-                signal_status(signal),
+                status_text(signal_status(signal, workflow_state)),
                 when(signal.created_at),
                 when(signal.consumed_at),
                 "-" if key is None else quoted(key, CLI_NAME_LENGTH),

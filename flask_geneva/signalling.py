@@ -15,12 +15,14 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from flask_geneva.errors import InvalidSignalError, InvalidStateError
 from flask_geneva.extension import require_state
 from flask_geneva.ids import parse_workflow_id
 from flask_geneva.jsonvalues import json_problem
+from flask_geneva.logs import logger, workflow_logger
 from flask_geneva.models import IDEMPOTENCY_KEY_LENGTH
 from flask_geneva.runs import message_options
 from flask_geneva.states import FINAL_STATES, WorkflowState
@@ -98,8 +100,7 @@ def _store(session: Session, geneva: Any, workflow_id: Any, name: str, payload: 
     if key is not None:
         stored = store.stored_signal(session, locked.id, name, key)
         if stored is not None:
-            stored.duplicate = True
-            return stored
+            return _duplicate_of(stored)
     if locked.state in FINAL_STATES:
         raise InvalidStateError(
             f"cannot signal {locked.workflow_class} #{locked.id}: it is {locked.state}, and "
@@ -109,4 +110,76 @@ def _store(session: Session, geneva: Any, workflow_id: Any, name: str, payload: 
     signal = store.store_signal(session, locked.id, name, payload, key, now)
     if locked.state == WorkflowState.READY:
         store.wake_waiting(session, locked.id, name, now, message_options(type(locked)))
+    _warn_if_nobody_waits(locked, name)
+    _watch_until_commit(session, f"{quoted(name)} for {locked.workflow_class} #{locked.id}")
     return signal
+
+
+def _duplicate_of(stored: Any) -> Any:
+    """What a repeated idempotency key returns: a copy of the stored row (not attached to
+    the session) with ``duplicate`` True, so that the object an earlier call returned in
+    this session (the same row) keeps saying it stored the signal."""
+    model = type(stored)
+    mapper: Any = sa.inspect(model)
+    copy = model(**{attribute.key: getattr(stored, attribute.key)
+                    for attribute in mapper.column_attrs})  # fmt: skip
+    copy.duplicate = True
+    return copy
+
+
+def waiting_names(workflow_class: Any) -> list[str]:
+    """The signal names the steps of ``workflow_class`` wait for (none for a class that
+    is no longer defined)."""
+    if not workflow_class.is_defined():
+        return []
+    waits = workflow_class._geneva_definition.signal_waits.values()
+    return sorted({wait.name for wait in waits})
+
+
+def _warn_if_nobody_waits(workflow: Any, name: str) -> None:
+    """A name no step of the class waits for is most likely a typo: it stays pending."""
+    names = waiting_names(type(workflow))
+    if name in names or not type(workflow).is_defined():
+        return
+    workflow_logger(workflow).warning(
+        "signal %s stored, but no step of %s waits for it (its steps wait for: %s); it "
+        "stays pending", quoted(name), type(workflow).__name__,
+        ", ".join(map(quoted, names)) or "nothing",
+    )  # fmt: skip
+
+
+#: Where a session keeps the signals it stored and has not committed yet.
+_UNSAVED_KEY = "geneva_unsaved_signals"
+
+
+def _watch_until_commit(session: Session, described: str) -> None:
+    """Log a warning if ``session`` ends its transaction without committing the signal:
+    ``signal()`` does not commit, and a forgotten ``db.session.commit()`` loses it."""
+    info = session.info
+    if _UNSAVED_KEY not in info:
+        info[_UNSAVED_KEY] = []
+        if not info.get(_WATCHING_KEY):
+            event.listen(session, "after_commit", _committed)
+            event.listen(session, "after_transaction_end", _ended)
+            info[_WATCHING_KEY] = True
+    info[_UNSAVED_KEY].append(described)
+
+
+_WATCHING_KEY = "geneva_watching_signals"
+
+
+def _committed(session: Session) -> None:
+    if session.get_nested_transaction() is None:  # the transaction itself, not a savepoint
+        session.info.pop(_UNSAVED_KEY, None)
+
+
+def _ended(session: Session, transaction: Any) -> None:
+    if transaction.parent is not None or transaction.nested:
+        return
+    lost = session.info.pop(_UNSAVED_KEY, None)
+    if lost:
+        logger.warning(
+            "signal %s was rolled back, never committed: wf.signal() and "
+            "geneva.send_signal() do not commit; call db.session.commit() after them",
+            ", ".join(lost),
+        )

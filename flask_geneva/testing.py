@@ -51,10 +51,16 @@ def _waiting_error(workflow: Any, execution_id: Any, helper: str) -> WaitingForS
     session = _session(workflow)
     execution = session.get(workflow._geneva.StepExecution, execution_id)
     name = execution.waiting_for if execution is not None else None
+    step_name = execution.step_name if execution is not None else workflow.next_step_name
+    call = (
+        f"perform_step(wf, {step_name!r}, timeout_elapsed=True)"
+        if helper == "perform_step"
+        else f"{helper}(wf, timeout_elapsed=True)"
+    )
     return WaitingForSignalError(
-        f"{workflow.workflow_class} #{workflow.id}: step {workflow.next_step_name!r} waits "
+        f"{workflow.workflow_class} #{workflow.id}: step {step_name!r} waits "
         f"for the signal {name!r}, which has not arrived; send it with "
-        f"wf.signal({name!r}, ...) first, or call {helper}(wf, timeout_elapsed=True) to "
+        f"wf.signal({name!r}, ...) first, or call {call} to "
         f"run it as its timeout would"
     )
 

@@ -32,8 +32,8 @@ class SignalMatcher:
 
     ``@step(wait_for=SignalMatcher("paid", lambda wf, sig: sig.payload["order"] == wf.id))``
     waits for the oldest pending ``paid`` signal the predicate accepts. The predicate
-    runs in the worker, under the workflow's lock, before the step is claimed; an
-    exception there is handled like one from a precondition.
+    runs in the worker, under the workflow's lock, before the step is claimed; one that
+    raises for a signal does not match that signal (a warning is logged).
     """
 
     name: str
@@ -74,9 +74,11 @@ class SignalWait:
 def check_signal_name(name: Any, where: str) -> str:
     """A signal name: a non-empty string that fits the ``name`` column."""
     if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
+        from flask_geneva.text import quoted  # a long name is shortened, as a long key is
+
         raise ValueError(
             f"{where}: a signal name must be a non-empty string of at most {NAME_LENGTH} "
-            f"characters, got {name!r}"
+            f"characters, got {quoted(name)}"
         )
     return name
 

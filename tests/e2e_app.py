@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import Mapped, mapped_column
 
-from flask_geneva import step
+from flask_geneva import SignalMatcher, step
 from tests.models import db, geneva
 
 
@@ -135,6 +135,104 @@ class TimedStepsWorkflow(geneva.Workflow):
         step(_timed(0.7), name=_name)
     step(_timed(10), name="too_long")
     del _name
+
+
+def record_signal(workflow: Any) -> None:
+    """Record the step's run and what it received: the signal's id and payload (None
+    after a timeout), committed with the step's outcome."""
+    record(workflow)
+    received = workflow.received_signal
+    workflow.data["got"] = None if received is None else received.payload
+    workflow.data["signal_id"] = None if received is None else received.id
+
+
+class PreparesThenAwaits(geneva.Workflow):
+    """A first step 2 s later (signals sent at once arrive before the step waits),
+    then a step that waits for ``go`` (its long timeout must not fire)."""
+
+    allow_multiple = True
+    may_proceed_without_hero = True
+
+    @step(wait=timedelta(seconds=2))
+    def prepare(self) -> None:
+        record(self)
+
+    @step(wait_for="go", timeout=timedelta(seconds=120))
+    def take(self) -> None:
+        record_signal(self)
+
+    @step
+    def after(self) -> None:
+        record(self)
+
+
+class AwaitsFirst(geneva.Workflow):
+    """Its first step waits for ``go``, without a timeout."""
+
+    allow_multiple = True
+    may_proceed_without_hero = True
+
+    @step(wait_for="go")
+    def take(self) -> None:
+        record_signal(self)
+
+    @step
+    def after(self) -> None:
+        record(self)
+
+
+def _addressed_to_me(workflow: Any, signal: Any) -> bool:
+    return bool((signal.payload or {}).get("for") == workflow.data["token"])
+
+
+class AwaitsMatching(geneva.Workflow):
+    """Waits for an ``event`` whose payload names the workflow's token (other events
+    for it stay pending)."""
+
+    allow_multiple = True
+    may_proceed_without_hero = True
+
+    @step
+    def start(self) -> None:
+        record(self)
+
+    @step(wait_for=SignalMatcher("event", _addressed_to_me))
+    def take(self) -> None:
+        record_signal(self)
+
+
+class TimesOutAndRuns(geneva.Workflow):
+    """Waits 1.5 s for a signal nobody sends; then the body runs without one."""
+
+    allow_multiple = True
+    may_proceed_without_hero = True
+
+    @step(wait_for="never", timeout=timedelta(seconds=1.5), on_timeout="run")
+    def take(self) -> None:
+        record_signal(self)
+
+    @step
+    def after(self) -> None:
+        record(self)
+
+
+class TimesOutAndSkips(geneva.Workflow):
+    """Waits 1.5 s for a signal nobody sends; then the step is skipped."""
+
+    allow_multiple = True
+    may_proceed_without_hero = True
+
+    @step
+    def start(self) -> None:
+        record(self)
+
+    @step(wait_for="never", timeout=timedelta(seconds=1.5), on_timeout="skip")
+    def take(self) -> None:
+        record_signal(self)
+
+    @step
+    def after(self) -> None:
+        record(self)
 
 
 def create_app(

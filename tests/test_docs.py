@@ -80,7 +80,7 @@ OUTLINE_SECTIONS: dict[str, tuple[str, str]] = {
     "Running Workflows Synchronously": ("testing.md", "Running workflows synchronously"),
     "Testing Individual Steps": ("testing.md", "Testing individual steps"),
     "Logging": ("observability.md", "Logging"),
-    "ActiveSupport Instrumentation": ("observability.md", "Signals"),
+    "ActiveSupport Instrumentation": ("observability.md", "Blinker signals"),
     "User Onboarding Workflow": ("examples/user-onboarding.md", "User onboarding workflow"),
     "Payment Processing Workflow": (
         "examples/payment-processing.md",

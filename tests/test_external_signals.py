@@ -508,3 +508,76 @@ def test_signals_with_uuid_keys(uuid_app):
     uuid_db.session.refresh(sig)
     assert sig.state == "consumed" and sig.execution_id is not None
     assert uuid_geneva.send_signal(wf.id, "ping", idempotency_key="u").duplicate
+
+
+# -- what the caller gets, and the warnings ---------------------------------------------
+
+
+def test_a_repeated_key_does_not_change_what_the_first_call_returned(app, user):
+    wf = _approval(user)
+    first = wf.signal("approved", payload={"ok": True}, idempotency_key="same")
+    db.session.commit()
+    again = wf.signal("approved", payload={"ok": False}, idempotency_key="same")
+    assert again.duplicate is True and again.id == first.id and again.payload == {"ok": True}
+    assert first.duplicate is False
+    db.session.commit()
+    assert len(_signals(wf)) == 1
+
+
+def test_a_name_no_step_waits_for_is_stored_with_a_warning(app, user, caplog):
+    wf = _approval(user)
+    typo = wf.signal("aproved")
+    db.session.commit()
+    assert typo.state == "pending"
+    assert "no step of ApprovalFlow waits for it (its steps wait for: 'approved')" in caplog.text
+    caplog.clear()
+    wf.signal("approved")
+    db.session.commit()
+    assert "no step" not in caplog.text
+
+
+def test_a_signal_rolled_back_uncommitted_is_logged(app, user, caplog):
+    wf = _approval(user)
+    wf.signal("approved", payload={"ok": True})
+    db.session.rollback()
+    assert "was rolled back, never committed" in caplog.text
+    assert "call db.session.commit() after them" in caplog.text
+    caplog.clear()
+    wf.signal("approved", payload={"ok": True})
+    db.session.commit()
+    db.session.rollback()
+    assert "rolled back" not in caplog.text
+
+
+def test_a_view_that_forgets_to_commit_is_logged_when_the_request_ends(app, user, caplog):
+    wf_id = _approval(user).id
+
+    @app.post("/forgetful/<int:wid>")
+    def forgetful(wid):
+        geneva.send_signal(wid, "approved", payload={"ok": True})
+        return "", 202
+
+    # An app context of its own, hence a session of its own, ended (and its session
+    # removed) when the block ends, as a request's is in production.
+    with app.app_context():
+        assert app.test_client().post(f"/forgetful/{wf_id}").status_code == 202
+    assert "was rolled back, never committed" in caplog.text
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Signal)) == 0
+
+
+def test_a_message_just_ahead_of_the_deadline_times_out_at_the_deadline_not_before(app, user):
+    wf = _approval(user)
+    speedrun_workflow(wf)
+    _, waiting = _executions(wf)
+    deadline = utcnow() + timedelta(milliseconds=120)
+    db.session.execute(
+        sa.update(Execution).where(Execution.id == waiting.id).values(scheduled_for=deadline)
+    )
+    db.session.commit()
+    # The relay publishes a little ahead: the worker waits for the deadline, then the
+    # timeout runs the body (which cancels without a signal).
+    result = execute_step(geneva, waiting.id)
+    assert result is not None and result.outcome == "cancel"
+    db.session.expire_all()
+    ran = db.session.get(Execution, waiting.id)
+    assert ran.started_at >= deadline

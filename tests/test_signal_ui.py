@@ -210,7 +210,8 @@ def test_a_step_waiting_without_a_timeout(app):
     assert data["workflow"]["waiting"]["until"] is None
     assert data["due"] | {"waiting": None} == {
         "kind": "waiting", "step_name": "listen", "execution_id": execution.id, "at": None,
-        "overdue": False, "stuck": False, "waiting": None,
+        "overdue": False, "stuck": False, "waiting": None, "resume_waits_for": None,
+        "pending_signals": 0, "held_signal_id": None,
     }  # fmt: skip
     (listen,) = data["steps"]
     assert listen["executions"][0]["scheduled_for"] is None

@@ -277,6 +277,9 @@ def test_workflow_page_steps_beside_executions(client: Any, demo: Demo) -> None:
         "overdue": False,
         "stuck": False,
         "waiting": None,
+        "resume_waits_for": None,
+        "pending_signals": 0,
+        "held_signal_id": None,
     }
     assert data["actions"] == [
         {"name": a, "command": f"flask geneva {a} {demo.paused_with_error}"}

@@ -14,6 +14,11 @@ from flask_geneva.queries.health_panel import OVERDUE_GRACE
 from flask_geneva.queries.signals import (
     SignalList,
     Waiting,
+    held_signal,
+    pending_signals,
+    signal_runs,
+    signals_taken,
+    timed_out,
     waiting_of,
     wake_time,
     workflow_signals,
@@ -87,6 +92,17 @@ class Due:
     stuck: bool
     #: The signal the step waits for (also on a paused workflow's kept execution).
     waiting: Waiting | None = None
+    #: A paused workflow without a kept execution whose step waits for a signal: that
+    #: step's :class:`~flask_geneva.waiting.SignalWait` (resume makes it wait again).
+    resume_wait: Any | None = None
+    #: Free pending signals named as the waited signal (``waiting`` or ``resume_wait``):
+    #: after resume the step takes one at once (or checks it, with a predicate).
+    pending_signals: int = 0
+    #: A paused workflow's held signal (its step took it): resume runs the step with it.
+    held_signal: Any | None = None
+    #: The waited step's matcher has a predicate: a pending signal is checked, not
+    #: simply taken.
+    checks: bool = False
 
     @property
     def woken(self) -> bool:
@@ -122,6 +138,27 @@ class WorkflowDetail:
     actions: list[OperatorAction]
     #: The workflow's newest signals (SPEC section 11), newest first.
     signals: SignalList = field(default_factory=lambda: SignalList([], truncated=False))
+    #: ``{execution id: the signal it ran with, or None}`` for the loaded executions.
+    signal_runs: dict[Any, Any] = field(default_factory=dict)
+
+    def signal_id(self, execution: Any) -> Any:
+        """The id of the signal ``execution`` ran with (or holds), or None."""
+        return self.signal_runs.get(execution.id)
+
+    def timed_out(self, execution: Any) -> bool:
+        """Whether ``execution`` waited for a signal and its timeout ended it."""
+        return timed_out(execution, self.signal_id(execution))
+
+    @property
+    def paused_by_timeout(self) -> Any | None:
+        """The execution whose timeout paused the workflow (``on_timeout="pause"``), or
+        None when the workflow is not paused by a timeout."""
+        if str(self.workflow.state) != WorkflowState.PAUSED.value or not self.executions:
+            return None
+        last = self.executions[-1]
+        if str(last.outcome) == "canceled" and self.timed_out(last):
+            return last
+        return None
 
     @property
     def history_truncated(self) -> bool:
@@ -200,6 +237,7 @@ def workflow_detail(
         ),
         actions=operator_actions(workflow),
         signals=workflow_signals(geneva, workflow),
+        signal_runs=signal_runs(executions, signals_taken(geneva, executions)),
     )
 
 
@@ -220,9 +258,18 @@ def _due(
     waiting = waiting_of(active)
     if state == WorkflowState.PAUSED.value:
         at = as_utc(active.scheduled_for) if active is not None else None
+        step_name = active.step_name if active is not None else workflow.next_step_name
+        step_wait = None
+        if step_name and type(workflow).is_defined():
+            step_wait = type(workflow)._geneva_definition.signal_waits.get(step_name)
+        held = held_signal(geneva, workflow) if active is None else None
+        resume_wait = step_wait if active is None and held is None else None
+        name = waiting.signal if waiting is not None else getattr(resume_wait, "name", None)
         return Due(
             "paused", workflow.next_step_name, active, at, overdue=False, stuck=False,
-            waiting=waiting,
+            waiting=waiting, resume_wait=resume_wait, held_signal=held,
+            pending_signals=0 if name is None else pending_signals(geneva, workflow, name),
+            checks=step_wait is not None and step_wait.matcher.predicate is not None,
         )  # fmt: skip
     if active is not None and waiting is not None:
         # Its outbox row says when it runs; housekeeping goes by the end of the timeout.

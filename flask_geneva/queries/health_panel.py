@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from flask_geneva.queries.counts import COUNT_CAP, Count, run_capped_counts
 from flask_geneva.queries.lookups import sql_constant
 from flask_geneva.queries.pages import workflow_activity
+from flask_geneva.queries.signals import signals_taken, timed_out
 from flask_geneva.states import StepState, WorkflowState
 from flask_geneva.timeutil import as_utc, utcnow
 
@@ -50,6 +51,9 @@ class Health:
     #: ``scheduled_for``, except for a step that waits for a signal, which is due when a
     #: signal woke it (its ``scheduled_for`` is the end of its timeout, or NULL).
     overdue_due_at: dict[Any, datetime] = field(default_factory=dict)
+    #: The ids of the last executions in ``paused`` that timed out waiting for a signal
+    #: (``on_timeout="pause"`` paused their workflow).
+    paused_by_timeout: frozenset[Any] = frozenset()
 
     def due_at(self, execution: Any) -> datetime | None:
         """When an overdue execution became due."""
@@ -177,6 +181,11 @@ def health(
     )
     activity = workflow_activity(geneva, paused_workflows)
     paused = [(w, activity[w.id].last) for w in paused_workflows]
+    lasts = [e for _, e in paused if e is not None and e.waiting_for is not None]
+    taken = signals_taken(geneva, lasts)
+    paused_by_timeout = frozenset(
+        e.id for e in lasts if str(e.outcome) == "canceled" and timed_out(e, taken.get(e.id))
+    )
 
     # geneva_step_executions_failures (finished_at) WHERE error_class_name IS NOT NULL
     failures = session.execute(
@@ -200,4 +209,5 @@ def health(
         paused=paused,
         recent_failures=[(e, w) for e, w in failures],
         overdue_due_at={e.id: due for e, _, at in overdue if (due := as_utc(at)) is not None},
+        paused_by_timeout=paused_by_timeout,
     )

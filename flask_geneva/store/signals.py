@@ -41,12 +41,14 @@ class SignalStatements:
             .order_by(model.id)
             .limit(1)
         )  # fmt: skip
-        self.free = (
+        #: What a claim may take: the held signal first, then the free ones of the name,
+        #: oldest first (one statement).
+        self.candidates = (
             sa.select(model)
             .where(model.workflow_id == workflow_id, model.state == SignalState.PENDING,
-                   model.execution_id.is_(None),
-                   model.name == sa.bindparam("sg_name", type_=table.c.name.type))
-            .order_by(model.id)
+                   sa.or_(model.execution_id.is_not(None),
+                          model.name == sa.bindparam("sg_name", type_=table.c.name.type)))
+            .order_by(model.execution_id.is_(None), model.id)
         )  # fmt: skip
         self.any_pending = sa.select(
             sa.exists().where(
@@ -146,10 +148,11 @@ class SignalWrites:
         """The signal the workflow's current step took in an earlier attempt, or None."""
         return session.scalars(self.signal_sql.held, {"sg_workflow_id": workflow_id}).first()
 
-    def free_signals(self, session: Session, workflow_id: Any, name: str) -> Any:
-        """The pending signals named ``name`` no step has taken, oldest first."""
+    def signal_candidates(self, session: Session, workflow_id: Any, name: str) -> Any:
+        """The signal the workflow's step holds (first, if any), then the pending signals
+        named ``name`` no step has taken, oldest first."""
         return session.scalars(
-            self.signal_sql.free, {"sg_workflow_id": workflow_id, "sg_name": name}
+            self.signal_sql.candidates, {"sg_workflow_id": workflow_id, "sg_name": name}
         )
 
     def hold_signal(self, session: Session, signal: Any, execution_id: Any) -> None:

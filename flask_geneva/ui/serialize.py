@@ -20,6 +20,7 @@ from flask_geneva.queries.signals import (
     Waiting,
     payload_excerpt,
     signal_status,
+    timed_out,
     waiting_of,
 )
 from flask_geneva.text import excerpt
@@ -75,14 +76,16 @@ def waiting_json(waiting: Waiting | None) -> dict[str, Any] | None:
     }
 
 
-def signal_json(signal: Any) -> dict[str, Any]:
-    """A stored signal. ``status`` tells a pending signal no step has taken
-    (``pending``) from one a step holds (``held``: its attempt has not ended)."""
+def signal_json(signal: Any, workflow_state: Any = None) -> dict[str, Any]:
+    """A stored signal. ``state`` is as stored; ``status`` tells a pending signal no
+    step has taken (``pending``) from one a step holds (``held``: its attempt has not
+    ended), and either from one whose workflow ended (``kept``: still stored as
+    pending, no step will take it)."""
     return {
         "id": json_id(signal.id),
         "name": signal.name,
         "state": str(signal.state),
-        "status": signal_status(signal),
+        "status": signal_status(signal, workflow_state),
         "idempotency_key": signal.idempotency_key,
         "created_at": iso_time(signal.created_at),
         "consumed_at": iso_time(signal.consumed_at),
@@ -93,12 +96,19 @@ def signal_json(signal: Any) -> dict[str, Any]:
 
 
 def execution_json(
-    execution: Any, *, attempt: int | None = None, backtrace: bool = False
+    execution: Any,
+    *,
+    attempt: int | None = None,
+    backtrace: bool = False,
+    signal_id: Any = None,
+    signals_known: bool = False,
 ) -> dict[str, Any]:
     """A step execution. With ``backtrace`` (the workflow page) the whole stored error
     message and the backtrace; without (the lists), an excerpt of the message of at most
     :data:`~flask_geneva.text.LIST_ERROR_EXCERPT_LENGTH` characters and
-    ``error_message_truncated``."""
+    ``error_message_truncated``. With ``signals_known`` (the workflow page) also
+    ``signal_id`` (the signal it ran with, or null) and ``timed_out`` (it waited for a
+    signal and its timeout ended it, or ran it)."""
     result: dict[str, Any] = {
         "id": json_id(execution.id),
         "workflow_id": json_id(execution.workflow_id),
@@ -117,6 +127,9 @@ def execution_json(
     }
     if attempt is not None:
         result["attempt"] = attempt
+    if signals_known:
+        result["signal_id"] = json_id(signal_id)
+        result["timed_out"] = timed_out(execution, signal_id)
     if backtrace:
         result["error_backtrace"] = execution.error_backtrace
     else:
@@ -168,6 +181,7 @@ def health_json(health: Health) -> dict[str, Any]:
             {
                 "workflow": workflow_json(w),
                 "last_execution": None if e is None else execution_json(e),
+                "timed_out": e is not None and e.id in health.paused_by_timeout,
             }
             for w, e in health.paused
         ],
@@ -178,15 +192,23 @@ def health_json(health: Health) -> dict[str, Any]:
     }
 
 
-def step_json(row: StepRow) -> dict[str, Any]:
-    """One step of the workflow page with its executions."""
+def step_json(row: StepRow, detail: WorkflowDetail | None = None) -> dict[str, Any]:
+    """One step of the workflow page with its executions (with ``detail``, each with
+    the signal it ran with and whether it timed out)."""
     definition = row.definition
     result: dict[str, Any] = {
         "position": row.position,
         "name": row.name,
         "defined": row.defined,
         "executions": [
-            execution_json(a.execution, attempt=a.attempt, backtrace=True) for a in row.attempts
+            execution_json(
+                a.execution,
+                attempt=a.attempt,
+                backtrace=True,
+                signal_id=None if detail is None else detail.signal_id(a.execution),
+                signals_known=detail is not None,
+            )
+            for a in row.attempts
         ],
     }
     if definition is not None:
@@ -220,6 +242,9 @@ def due_json(due: Due) -> dict[str, Any]:
         "overdue": due.overdue,
         "stuck": due.stuck,
         "waiting": waiting_json(due.waiting),
+        "resume_waits_for": None if due.resume_wait is None else due.resume_wait.name,
+        "pending_signals": due.pending_signals,
+        "held_signal_id": json_id(due.held_signal),
     }
 
 
@@ -229,19 +254,26 @@ def detail_json(detail: WorkflowDetail, hero: dict[str, Any]) -> dict[str, Any]:
     payload = workflow_json(workflow)
     payload["data"] = json_safe(dict(workflow.data or {}))
     payload["waiting"] = waiting_json(detail.due.waiting)
+    timed = detail.paused_by_timeout
+    payload["paused_by_timeout"] = (
+        None
+        if timed is None
+        else {"execution_id": json_id(timed.id), "step_name": timed.step_name,
+              "waiting_for": timed.waiting_for}
+    )  # fmt: skip
     return {
         "workflow": payload,
         "hero": hero,
         "class_defined": detail.class_defined,
         "due": due_json(detail.due),
-        "steps": [step_json(row) for row in detail.steps],
-        "removed_steps": [step_json(row) for row in detail.removed_steps],
+        "steps": [step_json(row, detail) for row in detail.steps],
+        "removed_steps": [step_json(row, detail) for row in detail.removed_steps],
         "history": {
             "total": detail.execution_total,
             "shown": len(detail.executions),
             "truncated": detail.history_truncated,
         },
         "actions": [{"name": a.name, "command": a.command} for a in detail.actions],
-        "signals": [signal_json(signal) for signal in detail.signals.signals],
+        "signals": [signal_json(signal, workflow.state) for signal in detail.signals.signals],
         "signals_truncated": detail.signals.truncated,
     }
