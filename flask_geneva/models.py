@@ -373,6 +373,11 @@ def _one_row_index(table: sa.Table, name: str, columns: list[str], *, key: str, 
     the row counts and NULL when it does not, and a unique index never compares rows
     with a NULL. The column exists on every database, so that one schema (and one
     migration) serves all; it is not mapped: nothing reads it.
+
+    ``key`` comes first: InnoDB keeps the rows that no longer count (NULL sorts first)
+    apart from those that do. Were it last, a row that stops counting would move into
+    the gap just before its own entry, which the duplicate check of a neighbour's insert
+    (another workflow's next step) locks, and two finalizes would deadlock.
     """
     column = sa.Column(
         key, sa.SmallInteger, sa.Computed(f"CASE WHEN {counts} THEN 1 END", persisted=True),
@@ -380,7 +385,7 @@ def _one_row_index(table: sa.Table, name: str, columns: list[str], *, key: str, 
     )
     table.append_column(column)
     return sa.Index(
-        name, *(table.c[c] for c in columns), column, unique=True,
+        name, column, *(table.c[c] for c in columns), unique=True,
         postgresql_where=sa.text(postgresql_counts or counts),
         sqlite_where=sa.text(sqlite_counts or counts),
     )  # fmt: skip
