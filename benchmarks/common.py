@@ -103,6 +103,11 @@ PG_PORT = int(os.environ.get("BENCH_PG_PORT", "5432"))
 PG_USER = os.environ.get("BENCH_PG_USER", "postgres")
 PG_ADMIN_DB = os.environ.get("BENCH_PG_ADMIN_DB", "test")  # any db we may connect to
 BENCH_DB = os.environ.get("BENCH_DB", "geneva_bench")
+#: The database flask_geneva's runners use: "postgresql" (default) or "mariadb" (set by
+#: the ``geneva-mariadb`` system). The floor and DBOS always run on PostgreSQL.
+DATABASE = os.environ.get("BENCH_DATABASE", "postgresql")
+#: The MariaDB server (without a database name), as root by default.
+MARIADB_URL = os.environ.get("BENCH_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 # Seconds the harness waits, once the workers say they are up, before it starts the
@@ -115,7 +120,25 @@ def pg_conninfo(dbname: str = BENCH_DB) -> str:
 
 
 def sqlalchemy_url(dbname: str = BENCH_DB) -> str:
+    if on_mariadb():
+        return f"{MARIADB_URL.rstrip('/')}/{dbname}"
     return f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{dbname}"
+
+
+def on_mariadb() -> bool:
+    """Whether this runner's database is MariaDB (``BENCH_DATABASE=mariadb``)."""
+    return DATABASE == "mariadb"
+
+
+def _mariadb(dbname: str | None = None):  # -> pymysql.Connection, autocommit
+    import pymysql
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(MARIADB_URL)
+    return pymysql.connect(
+        host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
+        password=url.password or "", database=dbname, autocommit=True,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- loads
@@ -160,6 +183,10 @@ def _connect(dbname: str, autocommit: bool = True):  # -> psycopg.Connection
 
 def ensure_database(dbname: str = BENCH_DB) -> None:
     """Create ``dbname`` if it does not exist."""
+    if on_mariadb():
+        with _mariadb() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{dbname}`")
+        return
     with _connect(PG_ADMIN_DB) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
         if not exists:
@@ -170,6 +197,10 @@ def drop_database(dbname: str) -> None:
     """Drop ``dbname`` (terminating its sessions). Never use it on BENCH_DB's admin db."""
     if dbname in (PG_ADMIN_DB, "postgres", "template0", "template1"):
         raise ValueError(f"refusing to drop {dbname}")
+    if on_mariadb():
+        with _mariadb() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{dbname}`")
+        return
     with _connect(PG_ADMIN_DB) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
@@ -177,6 +208,21 @@ def drop_database(dbname: str) -> None:
 def setup_bench_tables(wf_ids: Sequence[str]) -> None:
     """(Re)create the bench tables in BENCH_DB and insert one counter row per workflow."""
     ensure_database(BENCH_DB)
+    if on_mariadb():
+        with _mariadb(BENCH_DB) as conn, conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS bench_counter, bench_step_log")
+            cur.execute(
+                "CREATE TABLE bench_counter (wf_id VARCHAR(64) PRIMARY KEY,"
+                " n INT NOT NULL DEFAULT 0, updated_at DATETIME(6))"
+            )
+            cur.execute(
+                "CREATE TABLE bench_step_log (wf_id VARCHAR(64) NOT NULL, step INT NOT NULL,"
+                " started_at DOUBLE NOT NULL, committed_at DOUBLE NOT NULL, due_at DOUBLE,"
+                " PRIMARY KEY (wf_id, step))"
+            )
+            cur.executemany("INSERT INTO bench_counter (wf_id, n) VALUES (%s, 0)", list(wf_ids))
+            cur.execute("ANALYZE TABLE bench_counter")
+        return
     with _connect(BENCH_DB) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_counter, bench_step_log")
         conn.execute(
@@ -197,12 +243,27 @@ def setup_bench_tables(wf_ids: Sequence[str]) -> None:
 
 def teardown_bench_tables() -> None:
     """Drop the bench tables (the database itself is kept)."""
+    if on_mariadb():
+        with contextlib.suppress(Exception), _mariadb(BENCH_DB) as conn, conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS bench_counter, bench_step_log")
+        return
     with contextlib.suppress(Exception), _connect(BENCH_DB) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_counter, bench_step_log")
 
 
 def store_step_log(records: Iterable[dict[str, Any]]) -> None:
     """Copy the collected step records into bench_step_log (after the clock stopped)."""
+    if on_mariadb():
+        unique = {(r["wf"], r["step"]): r for r in reversed(list(records))}
+        with _mariadb(BENCH_DB) as conn, conn.cursor() as cur:
+            cur.execute("TRUNCATE bench_step_log")
+            cur.executemany(
+                "INSERT INTO bench_step_log (wf_id, step, started_at, committed_at, due_at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                [(r["wf"], r["step"], r["started"], r["committed"], r.get("due"))
+                 for r in unique.values()],
+            )  # fmt: skip
+        return
     with _connect(BENCH_DB) as conn:
         conn.execute("TRUNCATE bench_step_log")
         with (
@@ -222,11 +283,21 @@ def store_step_log(records: Iterable[dict[str, Any]]) -> None:
 
 def verify_counters(wf_ids: Sequence[str]) -> dict[str, int]:
     """How many counter rows reached n == STEPS, and how many are off."""
-    with _connect(BENCH_DB) as conn:
-        rows = conn.execute(
-            "SELECT n, count(*) FROM bench_counter WHERE wf_id = ANY(%s) GROUP BY n",
-            (list(wf_ids),),
-        ).fetchall()
+    if on_mariadb():
+        wanted = set(wf_ids)
+        with _mariadb(BENCH_DB) as conn, conn.cursor() as cur:
+            cur.execute("SELECT wf_id, n FROM bench_counter")
+            counts: dict[int, int] = {}
+            for wf_id, n in cur.fetchall():
+                if wf_id in wanted:
+                    counts[int(n)] = counts.get(int(n), 0) + 1
+        rows = list(counts.items())
+    else:
+        with _connect(BENCH_DB) as conn:
+            rows = conn.execute(
+                "SELECT n, count(*) FROM bench_counter WHERE wf_id = ANY(%s) GROUP BY n",
+                (list(wf_ids),),
+            ).fetchall()
     hist = {int(n): int(c) for n, c in rows}
     done = hist.get(STEPS, 0)
     return {"done": done, "wrong": sum(c for n, c in hist.items() if n != STEPS)}
@@ -351,7 +422,8 @@ def cost_snapshot(*, cpu_first: bool) -> dict[str, float] | None:
     * ``pg_xid``: PostgreSQL's latest completed transaction id (the snapshot's xmax,
       read without taking an id): the difference counts the transactions that took an
       id, i.e. wrote or locked a row (rolled back or not, savepoints that wrote too), in
-      every database of the cluster (DBOS's system database included).
+      every database of the cluster (DBOS's system database included). On MariaDB
+      (``geneva-mariadb``) the server's count of ``COMMIT`` statements instead.
 
     The CPU is read first at the end of the window and last at its start (``cpu_first``),
     so that the probe's own connections stay out of it.
@@ -368,10 +440,19 @@ def cost_snapshot(*, cpu_first: bool) -> dict[str, float] | None:
             for k, v in stats.items()
             if k in ("cmdstat_evalsha", "cmdstat_eval")
         )
-        with _connect(PG_ADMIN_DB) as conn:
-            (xid,) = conn.execute(
-                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-            ).fetchone()
+        if on_mariadb():
+            # COMMIT statements, server-wide: a transaction each (the probe's none).
+            with _mariadb() as conn, conn.cursor() as cur:
+                cur.execute(
+                    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
+                    " WHERE VARIABLE_NAME = 'COM_COMMIT'"
+                )
+                (xid,) = cur.fetchone()
+        else:
+            with _connect(PG_ADMIN_DB) as conn:
+                (xid,) = conn.execute(
+                    "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+                ).fetchone()
         cpu = cpu_at_end if cpu_at_end is not None else _cpu_busy_seconds()
     except Exception:
         return None
@@ -656,10 +737,14 @@ def _proc_table() -> dict[int, tuple[int, str, int]]:
     return table
 
 
+#: Process names of the database servers, which serve the benchmark too.
+DATABASE_SERVERS = ("postgres", "mariadbd", "mysqld")
+
+
 def foreign_cpu_ticks(root_pid: int) -> dict[int, int]:
     """CPU ticks of the processes that are *not* the benchmark's: neither ``root_pid``
-    and its descendants nor PostgreSQL (which serves the benchmark too) nor kernel
-    threads.  Diff two snapshots with ``foreign_cpu_seconds``."""
+    and its descendants nor PostgreSQL or MariaDB (which serve the benchmark too) nor
+    kernel threads.  Diff two snapshots with ``foreign_cpu_seconds``."""
     table = _proc_table()
     ours: set[int] = set()
     for pid in table:
@@ -673,7 +758,7 @@ def foreign_cpu_ticks(root_pid: int) -> dict[int, int]:
     return {
         pid: ticks
         for pid, (ppid, comm, ticks) in table.items()
-        if pid not in ours and ppid != 2 and pid != 2 and not comm.startswith("postgres")
+        if pid not in ours and ppid != 2 and pid != 2 and not comm.startswith(DATABASE_SERVERS)
     }
 
 

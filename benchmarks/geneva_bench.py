@@ -77,8 +77,10 @@ geneva = Geneva(db=db)
 
 _started: dict[Any, tuple[str, int, float, float | None]] = {}
 _local = threading.local()
+#: The server's time now (``clock_timestamp()`` on PostgreSQL).
+_NOW_SQL = "UTC_TIMESTAMP(6)" if common.on_mariadb() else "clock_timestamp()"
 _UPDATE = sa.text(
-    "UPDATE bench_counter SET n = n + 1, updated_at = clock_timestamp() WHERE wf_id = :wf"
+    f"UPDATE bench_counter SET n = n + 1, updated_at = {_NOW_SQL} WHERE wf_id = :wf"
 )
 
 
@@ -87,7 +89,7 @@ class BenchCounter(db.Model):  # type: ignore[name-defined,misc]
     workflow's hero."""
 
     __tablename__ = "bench_counter"
-    wf_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    wf_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     n: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
     updated_at: Mapped[Any] = mapped_column(sa.DateTime(timezone=True), nullable=True)
 
@@ -101,7 +103,7 @@ def _work(workflow: Any, number: int, due: float | None = None) -> None:
     else:
         hero = workflow.hero
         hero.n = BenchCounter.n + 1
-        hero.updated_at = sa.func.clock_timestamp()
+        hero.updated_at = sa.literal_column(_NOW_SQL)
     _started[workflow.current_execution.id] = (wf, number, started, due)
 
 

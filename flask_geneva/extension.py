@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask import Flask
 
 from flask_geneva.config import DEFAULTS, GenevaConfig
+from flask_geneva.databases import SUPPORTED_BACKENDS, is_mysql, prepare_mysql_engine
 from flask_geneva.errors import ConfigurationError, InvalidHeroError, SetupError
 from flask_geneva.ids import parse_hero_key
 from flask_geneva.logs import logger
@@ -88,7 +89,8 @@ class Geneva:
             )
         if "sqlalchemy" not in app.extensions:
             raise SetupError("call db.init_app(app) before geneva.init_app(app)")
-        _check_database(app)
+        if is_mysql(_check_database(app)):
+            prepare_mysql_engine(app, self.db)
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         config = GenevaConfig.from_mapping(app.config, testing=app.testing)
@@ -199,13 +201,10 @@ def require_state(app: Flask | None = None) -> GenevaState:
     return state
 
 
-#: The databases geneva's statements are written and tested for.
-_SUPPORTED_DATABASES: Final = ("postgresql", "sqlite")
-
-
-def _check_database(app: Flask) -> None:
-    """Refuse a database geneva does not run on, before anything is registered (read
-    from the configuration: no engine is used, no app context pushed)."""
+def _check_database(app: Flask) -> str:
+    """The backend name of the app's database; refuse one geneva does not run on,
+    before anything is registered (read from the configuration: no engine is used, no
+    app context pushed)."""
     options = app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
     url = options.get("url") or app.config.get("SQLALCHEMY_DATABASE_URI")
     if url is None:
@@ -214,12 +213,14 @@ def _check_database(app: Flask) -> None:
             "SQLALCHEMY_DATABASE_URI (binds alone are not enough)"
         )
     parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() not in _SUPPORTED_DATABASES:
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED_BACKENDS:
         raise ConfigurationError(
-            f"flask_geneva runs on PostgreSQL or SQLite; SQLALCHEMY_DATABASE_URI "
-            f"({parsed.render_as_string(hide_password=True)}) is "
-            f"{parsed.get_backend_name()}: point it at a PostgreSQL or SQLite database"
+            f"flask_geneva runs on PostgreSQL, MariaDB, MySQL or SQLite; "
+            f"SQLALCHEMY_DATABASE_URI ({parsed.render_as_string(hide_password=True)}) is "
+            f"{backend}: point it at a PostgreSQL, MariaDB, MySQL or SQLite database"
         )
+    return backend
 
 
 def _coerce_key(column_type: sa.types.TypeEngine[Any], text: str) -> Any:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.mutable import MutableDict
 from sqlalchemy.orm import Mapped, MappedColumn, mapped_column, relationship
 
@@ -38,7 +39,7 @@ from flask_geneva.states import (
     StepState,
     WorkflowState,
 )
-from flask_geneva.timeutil import as_utc
+from flask_geneva.timeutil import as_utc, timestamp_type
 from flask_geneva.workflow import WorkflowMixin
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def build_models(
         return mapped_column(key_type(), primary_key=True, autoincrement=True, **kwargs)
 
     def timestamp(nullable: bool = True, **kwargs: Any) -> Any:
-        return mapped_column(sa.DateTime(timezone=True), nullable=nullable, **kwargs)
+        return mapped_column(timestamp_type(), nullable=nullable, **kwargs)
 
     ongoing = [state.value for state in ONGOING_STATES]
     active = [state.value for state in ACTIVE_STEP_STATES]
@@ -145,19 +146,12 @@ def build_models(
         started_at = timestamp()
         finished_at = timestamp()
         error_class_name = mapped_column(sa.String(_NAME_LENGTH), nullable=True)
-        error_message = mapped_column(sa.Text, nullable=True)
-        error_backtrace = mapped_column(sa.Text, nullable=True)
+        error_message = mapped_column(_long_text(), nullable=True)
+        error_backtrace = mapped_column(_long_text(), nullable=True)
         message_id = mapped_column(sa.String(64), nullable=True)
         created_at = timestamp(nullable=False)
 
         __table_args__ = (
-            sa.Index(
-                "geneva_step_executions_one_active",
-                "workflow_id",
-                unique=True,
-                postgresql_where=sa.text(f"state IN ({_sql_list(active)})"),
-                sqlite_where=sa.text(f"state IN ({_sql_list(active)})"),
-            ),
             sa.Index("geneva_step_executions_history", "workflow_id", "sequence"),
             sa.Index(
                 "geneva_step_executions_scheduled",
@@ -253,17 +247,6 @@ def build_models(
             "polymorphic_identity": FALLBACK_IDENTITY,
         }
         __table_args__ = (
-            sa.Index(
-                "geneva_workflows_one_ongoing",
-                "workflow_class",
-                "hero_type",
-                "hero_id",
-                unique=True,
-                postgresql_where=sa.text(
-                    f"allow_multiple = false AND state IN ({_sql_list(ongoing)})"
-                ),
-                sqlite_where=sa.text(f"allow_multiple = 0 AND state IN ({_sql_list(ongoing)})"),
-            ),
             sa.Index("geneva_workflows_hero", "hero_type", "hero_id", "created_at"),
             sa.Index("geneva_workflows_state", "state", "created_at", "id"),
             sa.Index("geneva_workflows_class", "workflow_class", "state", "created_at", "id"),
@@ -348,6 +331,18 @@ def build_models(
         def __repr__(self) -> str:
             return f"<WorkflowSignal #{self.id} {self.name} {self.state}>"
 
+    # Invariants 1 and "one ongoing workflow per class and hero" (SPEC section 10).
+    _one_row_index(
+        StepExecution.__table__, "geneva_step_executions_one_active", ["workflow_id"],
+        key="one_active_key", counts=f"state IN ({_sql_list(active)})",
+    )
+    _one_row_index(
+        Workflow.__table__, "geneva_workflows_one_ongoing",
+        ["workflow_class", "hero_type", "hero_id"], key="one_ongoing_key",
+        counts=f"NOT allow_multiple AND state IN ({_sql_list(ongoing)})",
+        sqlite_counts=f"allow_multiple = 0 AND state IN ({_sql_list(ongoing)})",
+        postgresql_counts=f"allow_multiple = false AND state IN ({_sql_list(ongoing)})",
+    )
     Workflow._geneva = geneva
     Workflow._geneva_definition = dsl.WorkflowDefinition()
     _aware_timestamps(Workflow, ("created_at", "updated_at", "transitioned_at"))
@@ -359,6 +354,41 @@ def build_models(
     _aware_timestamps(OutboxMessage, ("available_at", "published_at", "created_at"))
     _aware_timestamps(WorkflowSignal, ("created_at", "consumed_at"))
     return Workflow, StepExecution, OutboxMessage, WorkflowSignal
+
+
+def _long_text() -> sa.types.TypeEngine[str]:
+    """Text of any length geneva keeps (MariaDB's and MySQL's ``TEXT`` ends at 64 KiB;
+    a backtrace may hold 50,000 characters of four bytes each)."""
+    return sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+def _one_row_index(table: sa.Table, name: str, columns: list[str], *, key: str, counts: str,
+                   sqlite_counts: str | None = None,
+                   postgresql_counts: str | None = None) -> sa.Index:
+    """A unique index that allows one row per value of ``columns`` among the rows for
+    which ``counts`` holds.
+
+    PostgreSQL and SQLite index only those rows (a partial index). MariaDB and MySQL have
+    no partial indexes: the index also holds ``key``, a generated column that is 1 when
+    the row counts and NULL when it does not, and a unique index never compares rows
+    with a NULL. The column exists on every database, so that one schema (and one
+    migration) serves all; it is not mapped: nothing reads it.
+
+    ``key`` comes first: InnoDB keeps the rows that no longer count (NULL sorts first)
+    apart from those that do. Were it last, a row that stops counting would move into
+    the gap just before its own entry, which the duplicate check of a neighbour's insert
+    (another workflow's next step) locks, and two finalizes would deadlock.
+    """
+    column = sa.Column(
+        key, sa.SmallInteger, sa.Computed(f"CASE WHEN {counts} THEN 1 END", persisted=True),
+        nullable=True,
+    )
+    table.append_column(column)
+    return sa.Index(
+        name, column, *(table.c[c] for c in columns), unique=True,
+        postgresql_where=sa.text(postgresql_counts or counts),
+        sqlite_where=sa.text(sqlite_counts or counts),
+    )  # fmt: skip
 
 
 def _sql_list(values: list[str]) -> str:

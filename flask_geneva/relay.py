@@ -16,8 +16,10 @@ fast path, :mod:`flask_geneva.publishing`). The relay publishes everything else:
 
 It wakes when the earliest wait ends, when this process commits a row for later, and on
 PostgreSQL when any process does (``LISTEN geneva_outbox``; the scheduling transaction
-sends ``NOTIFY``), so a step starts within milliseconds of its due time. Several relays
-may run at once: on PostgreSQL each claims its rows with ``FOR UPDATE SKIP LOCKED``.
+sends ``NOTIFY``); on MariaDB and MySQL with a Redis broker, a wake-up on a Redis channel
+does that (:mod:`flask_geneva.wakeups`). So a step starts within milliseconds of its due
+time. Several relays may run at once: on PostgreSQL, MariaDB and MySQL each claims its
+rows with ``FOR UPDATE SKIP LOCKED``.
 Errors (the database or the broker is down) are logged; the relay backs off and goes on.
 """
 
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 
+from flask_geneva.databases import is_mysql
 from flask_geneva.executor import EARLY_WAIT_MAX
 from flask_geneva.logs import OutageLog
 from flask_geneva.store.postgresql import NOTIFY_CHANNEL
@@ -120,8 +123,23 @@ class Relay:
 
     def run_forever(self) -> None:
         """Publish due rows until :meth:`stop`; survive database and broker outages."""
-        backoff = BACKOFF_MIN_S
         logger.info("outbox relay started")
+        done = threading.Event()
+        wakeups = self.state.wakeups
+        if wakeups is not None:
+            threading.Thread(
+                target=wakeups.listen, args=(self.wake, done), name="geneva-relay-wakeups",
+                daemon=True,
+            ).start()
+        try:
+            self._run_until_stopped()
+        finally:
+            done.set()
+            self._close_listener()
+            logger.info("outbox relay stopped")
+
+    def _run_until_stopped(self) -> None:
+        backoff = BACKOFF_MIN_S
         while not self._stop.is_set():
             try:
                 with self.state.app.app_context():
@@ -140,8 +158,6 @@ class Relay:
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             self._sleep(self._timeout_until(next_due))
-        self._close_listener()
-        logger.info("outbox relay stopped")
 
     def _timeout_until(self, next_due: datetime | None) -> float:
         poll = POLL_INTERVAL_POSTGRESQL_S if self._listener is not None else POLL_INTERVAL_SQLITE_S
@@ -227,25 +243,7 @@ class Relay:
                 ),
             ),
         )
-        candidates = (
-            sa.select(outbox.c.id)
-            .where(due)
-            .order_by(outbox.c.available_at)
-            .limit(BATCH_SIZE)
-            .with_for_update(skip_locked=True)
-        )
-        claimed = session.execute(
-            sa.update(outbox)
-            .where(outbox.c.id.in_(candidates.scalar_subquery()))
-            .values(published_at=now, publish_count=outbox.c.publish_count + 1)
-            .returning(
-                outbox.c.id,
-                outbox.c.execution_id,
-                outbox.c.queue_name,
-                outbox.c.priority,
-                outbox.c.time_limit_ms,
-            )
-        ).all()
+        claimed = self._claim_batch(session, outbox, due, now)
         session.commit()
         failed: list[Any] = []
         first_error: Exception | None = None
@@ -273,6 +271,35 @@ class Relay:
         if claimed:
             logger.debug("published %d step message(s)", len(claimed))
         return len(claimed)
+
+    @staticmethod
+    def _claim_batch(session: Any, outbox: sa.Table, due: Any, now: datetime) -> list[Any]:
+        """Mark up to :data:`BATCH_SIZE` due rows published, skipping rows another relay
+        holds; the rows marked."""
+        columns = (
+            outbox.c.id, outbox.c.execution_id, outbox.c.queue_name, outbox.c.priority,
+            outbox.c.time_limit_ms,
+        )  # fmt: skip
+        candidates = (
+            sa.select(outbox.c.id)
+            .where(due)
+            .order_by(outbox.c.available_at)
+            .limit(BATCH_SIZE)
+            .with_for_update(skip_locked=True)
+        )
+        mark = sa.update(outbox).values(
+            published_at=now, publish_count=outbox.c.publish_count + 1
+        )
+        if not is_mysql(session.get_bind().dialect.name):
+            return session.execute(
+                mark.where(outbox.c.id.in_(candidates.scalar_subquery())).returning(*columns)
+            ).all()
+        # MariaDB and MySQL take no LIMIT in an IN subquery, nor an UPDATE of the table
+        # it reads, nor (MySQL) UPDATE ... RETURNING: lock the rows, then mark them.
+        rows = session.execute(candidates.with_only_columns(*columns)).all()
+        if rows:
+            session.execute(mark.where(outbox.c.id.in_([row.id for row in rows])))
+        return rows
 
     def _republish_due(self, outbox: sa.Table, now: datetime) -> Any:
         """Published rows that look lost. Each time again they wait twice as long:

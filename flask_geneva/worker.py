@@ -23,6 +23,7 @@ from flask import Flask
 from flask_geneva.brokers import broker_problem, make_broker, redact_url
 from flask_geneva.config import GenevaConfig, is_memory_broker
 from flask_geneva.logs import OutageLog
+from flask_geneva.wakeups import BrokerWakeups
 
 if TYPE_CHECKING:
     from flask_geneva.extension import Geneva
@@ -148,6 +149,13 @@ class GenevaState:
             config.broker_url, idle_timeout_ms=config.worker_idle_timeout_ms
         )
         self.broker.add_middleware(GenevaMiddleware(self))
+        #: Wake-ups for the relays of other processes, where the database cannot send
+        #: them (MariaDB, MySQL; with a Redis broker): see :mod:`flask_geneva.wakeups`.
+        self.wakeups = BrokerWakeups.for_app(
+            self.broker,
+            (app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}).get("url")
+            or app.config.get("SQLALCHEMY_DATABASE_URI"),
+        )
         if dramatiq.broker.global_broker is None:
             # So that `dramatiq mymodule` (without `:broker`) runs this app's steps rather
             # than consume Dramatiq's default broker; the first app set up in a process
@@ -307,9 +315,12 @@ class GenevaState:
             self._relay.stop()
 
     def wake_relay(self) -> None:
-        """Tell this process's relay that new outbox rows were committed."""
+        """Tell this process's relay that new outbox rows were committed (and the
+        relays of other processes, through :attr:`wakeups`, where there are some)."""
         if self._relay is not None:
             self._relay.wake()
+        if self.wakeups is not None:
+            self.wakeups.announce()
 
     # ------------------------------------------------------------------ embedded
 

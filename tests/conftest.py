@@ -1,7 +1,11 @@
-"""Fixtures: every test that takes ``app`` runs on SQLite and on PostgreSQL.
+"""Fixtures: every test that takes ``app`` runs on SQLite, PostgreSQL and MariaDB.
 
 PostgreSQL is required: when it cannot be reached the run fails (it never skips). Set
-``GENEVA_TEST_PG_URL`` to point at another server (default: the local one).
+``GENEVA_TEST_PG_URL`` to point at another server (default: the local one). MariaDB (or
+MySQL) is required in CI (``GENEVA_REQUIRE_SERVICES=1``): there an unreachable server
+fails the run; elsewhere its tests are skipped. ``GENEVA_TEST_MARIADB_URL`` points at
+another server (default: the local one, as root). Each run creates a database of its own
+on each server and drops it at the end.
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ from tests.models import db, geneva
 PG_SERVER_URL = os.environ.get(
     "GENEVA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+MARIADB_SERVER_URL = os.environ.get(
+    "GENEVA_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+)
+#: The databases of the ``database_url`` fixture; the servers among them have row locks.
+DATABASES = ("sqlite", "postgresql", "mariadb")
+SERVER_DATABASES = ("postgresql", "mariadb")
 
 
 def _pg_admin_engine() -> sa.Engine:
@@ -43,35 +53,85 @@ def pg_database_url() -> Iterator[str]:
     admin.dispose()
 
 
+def create_server_database(kind: str, prefix: str = "geneva_test") -> str:
+    """Create an empty database named after ``prefix`` on the ``kind`` server
+    (``"postgresql"`` or ``"mariadb"``); its URL. Fails (or, for MariaDB outside CI,
+    skips) when the server cannot be reached."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    server = PG_SERVER_URL if kind == "postgresql" else MARIADB_SERVER_URL
+    quote = '"' if kind == "postgresql" else "`"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"CREATE DATABASE {quote}{name}{quote}"))
+    except sa.exc.OperationalError as error:
+        if kind == "postgresql" or os.environ.get("GENEVA_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{kind} is required for the tests and is unreachable: {error}")
+        pytest.skip(f"MariaDB is unreachable (GENEVA_TEST_MARIADB_URL): {error}")
+    finally:
+        admin.dispose()
+    return sa.engine.make_url(server).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_server_database(url: str) -> None:
+    """Drop a database :func:`create_server_database` made."""
+    parsed = sa.engine.make_url(url)
+    postgresql = parsed.get_backend_name() == "postgresql"
+    server = PG_SERVER_URL if postgresql else MARIADB_SERVER_URL
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            if postgresql:
+                connection.execute(
+                    sa.text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
+                )
+            else:
+                connection.execute(sa.text(f"DROP DATABASE IF EXISTS `{parsed.database}`"))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_database_url() -> Iterator[str]:
+    """A MariaDB database of its own for this test run, dropped at the end."""
+    url = create_server_database("mariadb")
+    yield url
+    drop_server_database(url)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test marked ``postgresql_only`` keeps only its PostgreSQL variant."""
-    sqlite_variants = [
-        item
-        for item in items
-        if item.get_closest_marker("postgresql_only") is not None
-        and getattr(item, "callspec", None) is not None
-        and item.callspec.params.get("database_url") == "sqlite"
-    ]
-    if sqlite_variants:
-        config.hook.pytest_deselected(items=sqlite_variants)
-        items[:] = [item for item in items if item not in sqlite_variants]
+    """A test marked ``postgresql_only`` keeps only its PostgreSQL variant; one marked
+    ``row_locks`` its PostgreSQL and MariaDB variants."""
+    dropped = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        database = None if callspec is None else callspec.params.get("database_url")
+        if database is None:
+            continue
+        postgresql_only = item.get_closest_marker("postgresql_only") is not None
+        row_locks = item.get_closest_marker("row_locks") is not None
+        if (postgresql_only and database != "postgresql") or (row_locks and database == "sqlite"):
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'geneva.sqlite3'}"
+    if request.param == "mariadb":
+        return str(request.getfixturevalue("mariadb_database_url"))
     return str(request.getfixturevalue("pg_database_url"))
 
 
 def make_app(database_url: str, **config: Any) -> Flask:
     app = Flask("geneva_tests")
-    app.config.update(
-        SQLALCHEMY_DATABASE_URI=database_url,
-        TESTING=True,
-        GENEVA_BROKER_URL="memory://",
-        **config,
-    )
+    app.config.update({
+        "SQLALCHEMY_DATABASE_URI": database_url, "TESTING": True,
+        "GENEVA_BROKER_URL": "memory://", **config,
+    })  # fmt: skip
     db.init_app(app)
     geneva.init_app(app)
     return app

@@ -29,7 +29,7 @@ class StepRun(db.Model):  # type: ignore[name-defined,misc]
     workflow_id: Mapped[str] = mapped_column(sa.String(64), index=True)
     step_name: Mapped[str] = mapped_column(sa.String(64))
     execution_id: Mapped[str] = mapped_column(sa.String(64))
-    started_at: Mapped[float] = mapped_column(sa.Float)
+    started_at: Mapped[float] = mapped_column(sa.Double)  # FLOAT is 4 bytes on MariaDB
     pid: Mapped[int] = mapped_column(default=0)
 
 
@@ -79,6 +79,17 @@ class WaitingWorkflow(geneva.Workflow):
 
     @step(wait=timedelta(seconds=2))
     def after_two_more(self) -> None:
+        record(self)
+
+
+class SubSecondWaitWorkflow(geneva.Workflow):
+    """A first step 0.4 s after creation: sooner than a relay's poll, so a relay in
+    another process must be woken to publish it on time."""
+
+    may_proceed_without_hero = True
+
+    @step(wait=timedelta(milliseconds=400))
+    def soon(self) -> None:
         record(self)
 
 

@@ -20,9 +20,13 @@ from tests.models import db, geneva
 
 @pytest.fixture
 def app_config(database_url: str) -> dict:
-    """Give up waiting for a lock after 200 ms, so a held lock becomes an error."""
+    """Give up waiting for a lock after 200 ms (a second on MariaDB), so a held lock
+    becomes an error."""
     if database_url.startswith("sqlite"):
         return {"SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"timeout": 0.2}}}
+    if database_url.startswith("mysql"):  # whole seconds only
+        wait = "SET SESSION innodb_lock_wait_timeout = 1"
+        return {"SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"init_command": wait}}}
     return {"SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"options": "-c lock_timeout=200"}}}
 
 

@@ -163,24 +163,17 @@ def test_the_readme_app_copied_into_a_file_runs_its_steps_as_written(tmp_path: P
 DEMO_PAUSED_WORKFLOW = 7  # PaymentProcessingWorkflow, gateway down: waits for an operator
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def demo_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The demo's database: a SQLite file, or a PostgreSQL database of its own."""
+    """The demo's database: a SQLite file, or a server database of its own."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'demo.sqlite3'}"
         return
-    from tests.conftest import PG_SERVER_URL
+    from tests.conftest import create_server_database, drop_server_database
 
-    admin = sa.create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
-    name = f"geneva_demo_{os.getpid()}_{tmp_path.name[-8:].replace('-', '_')}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.engine.make_url(PG_SERVER_URL).set(database=name).render_as_string(
-        hide_password=False
-    )
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    url = create_server_database(request.param, "geneva_demo")
+    yield url
+    drop_server_database(url)
 
 
 def test_resume_from_the_cli_takes_effect_in_the_running_demo_within_two_seconds(

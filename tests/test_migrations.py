@@ -8,14 +8,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import PG_SERVER_URL
+from tests.conftest import DATABASES, create_server_database, drop_server_database
 from tests.models import geneva
 
 GENEVA_TABLES = ("geneva_workflows", "geneva_step_executions", "geneva_outbox")
@@ -54,22 +53,15 @@ TEST_APP = textwrap.dedent(
 )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a database with no tables at all."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'migrated.sqlite3'}"
         return
-    name = f"geneva_migrate_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.engine.make_url(PG_SERVER_URL).set(database=name).render_as_string(
-        hide_password=False
-    )
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    url = create_server_database(request.param, "geneva_migrate")
+    yield url
+    drop_server_database(url)
 
 
 def _flask_db(project: Path, database_url: str, uuid_keys: bool, *args: str) -> str:
@@ -79,7 +71,8 @@ def _flask_db(project: Path, database_url: str, uuid_keys: bool, *args: str) -> 
         FLASK_APP="migrate_app:app",
         DATABASE_URL=database_url,
         GENEVA_UUID_KEYS="1" if uuid_keys else "0",
-        PYTHONPATH=str(project),
+        # This checkout's flask_geneva, not whichever one the environment installed.
+        PYTHONPATH=os.pathsep.join([str(project), str(Path(__file__).resolve().parents[1])]),
     )
     completed = subprocess.run(
         [sys.executable, "-m", "flask", "db", *args],

@@ -1,4 +1,4 @@
-"""The transactional outbox and its relay, on SQLite and PostgreSQL.
+"""The transactional outbox and its relay, on SQLite, PostgreSQL and MariaDB.
 
 The broker here is the app's in-process ``memory://`` broker, so what was published can be
 read back from its queue; the real-broker runs are in ``test_e2e_workers.py``.
@@ -6,6 +6,7 @@ read back from its queue; the real-broker runs are in ``test_e2e_workers.py``.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import timedelta
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 from flask_geneva import step
 from flask_geneva.executor import EARLY_WAIT_MAX, execute_step
 from flask_geneva.publishing import PENDING_PUBLISH_KEY
-from flask_geneva.timeutil import utcnow
+from flask_geneva.timeutil import as_utc, utcnow
 from tests.e2e_support import wait_until
 from tests.models import Note, db, geneva
 
@@ -582,3 +583,82 @@ def test_a_step_withheld_for_an_inline_run_is_covered_by_the_relay(app: Flask) -
     assert state.relay.publish_due(lost - timedelta(seconds=1)) == 0
     assert state.relay.publish_due(lost) == 1
     assert published(app)[-1] == result.continue_with
+
+
+REDIS_URL = os.environ.get("GENEVA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _schedule_from_another_process(database_url: str, due: Any) -> Any:
+    """Write a workflow, its execution and its outbox row due at ``due`` through an
+    engine of their own (no in-process wake-up); the execution's id."""
+    other = sa.create_engine(database_url)
+    now = utcnow()
+    try:
+        with other.begin() as connection:
+            workflow_id = connection.execute(
+                geneva.Workflow.__table__.insert().values(
+                    workflow_class="SoonWorkflow", state="ready", data={}, allow_multiple=False,
+                    execution_count=1, created_at=now, updated_at=now, next_step_name="soon",
+                )
+            ).inserted_primary_key[0]
+            execution_id = connection.execute(
+                geneva.StepExecution.__table__.insert().values(
+                    workflow_id=workflow_id, sequence=1, step_name="soon", state="scheduled",
+                    scheduled_for=due, created_at=now,
+                )
+            ).inserted_primary_key[0]
+            connection.execute(
+                geneva.OutboxMessage.__table__.insert().values(
+                    execution_id=execution_id, workflow_id=workflow_id, queue_name="geneva",
+                    priority=0, available_at=due, publish_count=0, created_at=now,
+                )
+            )
+    finally:
+        other.dispose()
+    return execution_id
+
+
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+@pytest.mark.parametrize(
+    "app_config",
+    [{"GENEVA_BROKER_URL": REDIS_URL, "GENEVA_DEFAULT_QUEUE": "relay_wakeups_test"}],
+)
+def test_on_mariadb_a_wake_up_through_redis_brings_rows_another_process_committed(
+    app: Flask, database_url: str
+) -> None:
+    """MariaDB has no NOTIFY: the committing process publishes a wake-up on the Redis
+    broker, and the relay publishes a step due sooner than its poll at the due time less
+    its lead, not on its next poll (up to a second later). Three times, so that a relay
+    that only polled would be caught (each time it has about one chance in six)."""
+    state = app.extensions["geneva"]
+    wakeups = state.wakeups
+    assert wakeups is not None
+    client = state.broker.client
+    state.start_relay()
+    lead = state.relay.lead.total_seconds()
+    try:
+        wait_until(
+            lambda: client.pubsub_numsub(wakeups.channel)[0][1] >= 1,
+            message="the relay's wake-up subscription",
+        )
+        outbox = geneva.OutboxMessage.__table__
+        late_by = []
+        for _ in range(3):
+            due = utcnow() + timedelta(seconds=lead + 0.15)
+            execution_id = _schedule_from_another_process(database_url, due)
+            wakeups.announce()  # what the other process does after its commit
+
+            def published_at(execution_id: Any = execution_id) -> Any:
+                db.session.rollback()
+                return db.session.scalar(
+                    sa.select(outbox.c.published_at).where(outbox.c.execution_id == execution_id)
+                )
+
+            wait_until(lambda: published_at() is not None, timeout=10, message="the wake-up")
+            published = as_utc(published_at())
+            late_by.append((published - (due - state.relay.lead)).total_seconds())
+        assert min(late_by) >= -0.005, late_by  # never ahead of its lead
+        assert max(late_by) < 0.1, late_by  # a poll would be up to a second late
+    finally:
+        state.stop_relay()
+        client.delete(f"{state.broker.namespace}:relay_wakeups_test")

@@ -157,23 +157,77 @@ def test_geneva_app_db_form_and_create_all(tmp_path):
 
 
 def test_a_database_geneva_does_not_run_on_is_refused_at_init_app():
-    """MySQL here (a stand-in DBAPI module: no server is needed to be refused)."""
+    """Microsoft SQL Server here (a stand-in DBAPI module: no server is needed to be
+    refused)."""
     from types import SimpleNamespace
 
     app = Flask("geneva_setup_tests")
-    app.config["SQLALCHEMY_DATABASE_URI"] = "mysql+pymysql://someone:secret@db.example/shop"
+    app.config["SQLALCHEMY_DATABASE_URI"] = "mssql+pymssql://someone:secret@db.example/shop"
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
-        "module": SimpleNamespace(paramstyle="pyformat", __name__="pymysql")
+        "module": SimpleNamespace(paramstyle="pyformat", __name__="pymssql")
     }
     own_db = SQLAlchemy()
     own_db.init_app(app)
     with pytest.raises(ValueError) as raised:
         Geneva(db=own_db).init_app(app)
     message = str(raised.value)
-    assert "runs on PostgreSQL or SQLite" in message
-    assert "is mysql" in message and "db.example/shop" in message
+    assert "runs on PostgreSQL, MariaDB, MySQL or SQLite" in message
+    assert "is mssql" in message and "db.example/shop" in message
     assert "secret" not in message
     assert "geneva" not in app.extensions
+
+
+def test_a_mariadb_connector_url_is_a_supported_database():
+    """``mariadb+mariadbconnector://`` (a stand-in DBAPI module: the driver need not be
+    installed to be recognised) and MariaDB's store and wake-up channel are chosen."""
+    from types import SimpleNamespace
+
+    from flask_geneva.store import store_for
+    from flask_geneva.store.mysql import MysqlStore
+
+    app = Flask("geneva_setup_tests")
+    app.config["SQLALCHEMY_DATABASE_URI"] = "mariadb+mariadbconnector://someone@db.example/shop"
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "module": SimpleNamespace(paramstyle="qmark", __name__="mariadb")
+    }
+    app.config["GENEVA_BROKER_URL"] = "redis://127.0.0.1:6379/0"
+    own_db = SQLAlchemy()
+    own_db.init_app(app)
+    own_geneva = Geneva(db=own_db)
+    own_geneva.init_app(app)
+    state = app.extensions["geneva"]
+    assert state.wakeups is not None
+    assert state.wakeups.channel.endswith(":geneva-outbox:db.example:/shop")
+    with app.app_context():
+        session = SimpleNamespace(get_bind=lambda: own_db.engine)
+        assert own_db.engine.dialect.name == "mariadb"
+        assert isinstance(store_for(own_geneva, session), MysqlStore)
+
+
+def test_mariadb_with_another_isolation_level_is_refused_at_init_app():
+    app = Flask("geneva_setup_tests")
+    app.config["SQLALCHEMY_DATABASE_URI"] = "mysql+pymysql://someone@db.example/shop"
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"isolation_level": "REPEATABLE READ"}
+    own_db = SQLAlchemy()
+    own_db.init_app(app)
+    with pytest.raises(ValueError, match="needs 'READ COMMITTED'"):
+        Geneva(db=own_db).init_app(app)
+    assert "geneva" not in app.extensions
+
+
+@pytest.mark.parametrize(
+    ("version", "refused"),
+    [("10.5.23-MariaDB", True), ("10.6.0-MariaDB-1", False), ("10.11.19-MariaDB-0+deb12u1",
+     False), ("5.7.44", True), ("8.0.36", False), ("8.4.0", False)],
+)
+def test_mariadb_and_mysql_servers_too_old_for_skip_locked_are_refused(version, refused):
+    from flask_geneva.databases import check_server_version
+
+    if refused:
+        with pytest.raises(ValueError, match="or newer"):
+            check_server_version(version)
+    else:
+        check_server_version(version)
 
 
 def test_an_app_with_binds_only_is_told_to_set_its_default_database():

@@ -190,7 +190,12 @@ def test_an_inline_step_gets_its_hero_from_the_step_before(app, user):
     finally:
         event.remove(db.engine, "before_cursor_execute", on_statement)
     assert last is not None and last.exception is None
-    assert reads_in_step == []
+    if db.engine.dialect.name in ("mysql", "mariadb"):
+        # A locking join there would lock the hero's row too (no FOR UPDATE OF on
+        # MariaDB): the hero is read on its own, unlocked, once.
+        assert len(reads_in_step) == 1 and "FOR UPDATE" not in reads_in_step[0]
+    else:
+        assert reads_in_step == []
     assert hero.email == "hero@example.com"
     assert db.session.get(geneva.Workflow, workflow_id).state == "finished"
 

@@ -1,11 +1,11 @@
 """Store parity: every transition, applied through each database's store, writes the same
 rows.
 
-PostgreSQL's store writes the hot outcomes as one combined statement and SQLite's one
-statement at a time; both must leave the workflow, its executions and the outbox alike.
-Each case runs on a SQLite and a PostgreSQL database in the same test, from the same
-starting point and at the same ``now``, and the rows are compared (ids and absolute
-times left out, times kept relative to ``now``).
+PostgreSQL's store writes the hot outcomes as one combined statement, SQLite's and
+MariaDB's one statement at a time; all must leave the workflow, its executions and the
+outbox alike. Each case runs on a SQLite, a PostgreSQL and a MariaDB database in the same
+test, from the same starting point and at the same ``now``, and the rows are compared
+(ids and absolute times left out, times kept relative to ``now``).
 """
 
 from __future__ import annotations
@@ -117,10 +117,13 @@ CASES: dict[str, Callable[..., Any]] = {
 
 
 @pytest.fixture
-def apps(tmp_path: Path, pg_database_url: str) -> Iterator[dict[str, Flask]]:
+def apps(
+    tmp_path: Path, pg_database_url: str, mariadb_database_url: str
+) -> Iterator[dict[str, Flask]]:
     built = {
         "sqlite": make_app(f"sqlite:///{tmp_path / 'parity.sqlite3'}"),
         "postgresql": make_app(pg_database_url),
+        "mariadb": make_app(mariadb_database_url),
     }
     for app in built.values():
         with app.app_context():
@@ -193,6 +196,8 @@ def test_each_store_writes_the_same_rows(apps: dict[str, Flask], name: str) -> N
     case = CASES[name]
     sqlite = _rows_after(apps["sqlite"], case)
     postgresql = _rows_after(apps["postgresql"], case)
+    mariadb = _rows_after(apps["mariadb"], case)
     assert sqlite == postgresql
+    assert mariadb == postgresql
     # And the case did something: the workflow left where create() put it.
     assert sqlite["workflow"] != ("ready", None, "first", None, 1, False)

@@ -17,25 +17,21 @@ from flask import Flask
 from flask_geneva import step
 from flask_geneva.testing import perform_next_step
 from flask_geneva.timeutil import utcnow
-from tests.conftest import PG_SERVER_URL, make_app
+from tests.conftest import DATABASES, create_server_database, drop_server_database, make_app
 from tests.models import db, geneva
 from tests.ui_demo import HOSTILE_MESSAGE, Demo, seed_demo
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=DATABASES)
 def demo_site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Flask, Demo]]:
     """One seeded demo database per module and backend: the UI only reads, so the tests
-    share it (its own PostgreSQL database, apart from the ``app`` fixture's)."""
+    share it (its own server database, apart from the ``app`` fixture's)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('ui') / 'demo.sqlite3'}"
-        database = None
     else:
-        server = sa.engine.make_url(request.getfixturevalue("pg_database_url"))
-        database = f"{server.database}_ui"
-        _pg_admin(f'CREATE DATABASE "{database}"')
-        url = server.set(database=database).render_as_string(hide_password=False)
+        url = create_server_database(request.param, "geneva_ui")
     app = make_app(url)
     with app.app_context():
         db.create_all()
@@ -46,15 +42,8 @@ def demo_site(
         db.session.remove()
         for engine in db.engines.values():
             engine.dispose()
-    if database is not None:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-
-
-def _pg_admin(statement: str) -> None:
-    engine = sa.create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(sa.text(statement))
-    engine.dispose()
+    if request.param != "sqlite":
+        drop_server_database(url)
 
 
 @pytest.fixture

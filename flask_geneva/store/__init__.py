@@ -10,6 +10,8 @@ testing helpers. The decisions come from :mod:`flask_geneva.machine` as a
   the database's write lock first (SQLite has no row locks).
 - :class:`~flask_geneva.store.postgresql.PostgresStore` writes the hot outcomes in one
   round trip (data-modifying CTEs, the lock included).
+- :class:`~flask_geneva.store.mysql.MysqlStore` (MariaDB, MySQL) writes one statement at
+  a time under row locks, the workflow's row always locked first.
 
 The ORM only loads the workflow for step code.
 """
@@ -41,6 +43,10 @@ def _store_class(dialect: str) -> type[Store]:
         from flask_geneva.store.postgresql import PostgresStore
 
         return PostgresStore
+    if dialect in ("mysql", "mariadb"):
+        from flask_geneva.store.mysql import MysqlStore
+
+        return MysqlStore
     from flask_geneva.store.sqlite import SqliteStore
 
     return SqliteStore

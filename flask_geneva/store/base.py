@@ -315,13 +315,18 @@ class Store(SignalWrites):
         params = {f"hp_set_{key}": value for key, value in values.items()}
         params["hp_workflow_id"] = target.workflow_id
         if claim_next and applied.new_execution_id is not None:
-            applied.workflow_row = connection.execute(
-                statement.returning(*self.sql.workflow_columns), params
-            ).one()._mapping
+            applied.workflow_row = self._update_workflow_returning(connection, statement, params)
         else:
             connection.execute(statement, params)
         applied.workflow_values = values
         return applied
+
+    def _update_workflow_returning(self, connection: sa.Connection, statement: Any,
+                                   params: dict[str, Any]) -> Any:
+        """Run the workflow's UPDATE and return its row as it leaves it (by column)."""
+        return connection.execute(
+            statement.returning(*self.sql.workflow_columns), params
+        ).one()._mapping
 
     def _insert_started(self, connection: sa.Connection, workflow_id: Any, step_name: str,
                         sequence: int, now: datetime, message_id: str | None) -> Any:

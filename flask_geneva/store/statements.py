@@ -13,8 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from flask_geneva.states import StepState, WorkflowState
+from flask_geneva.timeutil import timestamp_type
 
-TIMESTAMP = sa.DateTime(timezone=True)
+TIMESTAMP = timestamp_type()
 
 
 def param(name: str, type_: Any) -> Any:
