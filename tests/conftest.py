@@ -199,3 +199,10 @@ def uuid_app(database_url: str, uuid_app_config: dict[str, Any]) -> Iterator[Fla
         uuid_db.drop_all()
         for engine in uuid_db.engines.values():
             engine.dispose()
+
+
+@pytest.fixture(params=SERVER_DATABASES)
+def server_database_url(request: pytest.FixtureRequest) -> str:
+    """This run's PostgreSQL database, then its MariaDB database."""
+    prefix = "pg" if request.param == "postgresql" else request.param
+    return str(request.getfixturevalue(f"{prefix}_database_url"))

@@ -235,8 +235,35 @@ class TimesOutAndSkips(geneva.Workflow):
         record(self)
 
 
+class ChaosWorkflow(geneva.Workflow):
+    """The chaos soak's workflow: a step, a short wait, a step that waits for ``go``
+    (sent by the test, some before the step waits, some twice), and a last step."""
+
+    allow_multiple = True
+    may_proceed_without_hero = True
+
+    @step
+    def first(self) -> None:
+        record(self)
+
+    @step(wait=timedelta(milliseconds=300))
+    def second(self) -> None:
+        record(self)
+
+    @step(wait_for="go", timeout=timedelta(minutes=10))
+    def third(self) -> None:
+        record_signal(self)
+
+    @step
+    def fourth(self) -> None:
+        record(self)
+
+
 def create_app(
-    database_url: str | None = None, broker_url: str | None = None, queue: str | None = None
+    database_url: str | None = None,
+    broker_url: str | None = None,
+    queue: str | None = None,
+    **config: Any,
 ) -> Flask:
     app = Flask("geneva_e2e")
     app.config.update(
@@ -250,6 +277,7 @@ def create_app(
         GENEVA_WORKER_IDLE_TIMEOUT_MS=20,
         TESTING=True,
     )
+    app.config.update(config)
     db.init_app(app)
     geneva.init_app(app)
     return app

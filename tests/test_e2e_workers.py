@@ -26,7 +26,6 @@ from flask_geneva.brokers import WAKE_TOKENS_KEPT, GenevaRedisBroker, WakeableCo
 from flask_geneva.housekeeping import run_housekeeping
 from flask_geneva.publishing import PENDING_PUBLISH_KEY
 from flask_geneva.timeutil import as_utc, utcnow
-from tests.conftest import SERVER_DATABASES
 from tests.e2e_app import (
     HangingWorkflow,
     StepRun,
@@ -88,9 +87,9 @@ def _require_redis() -> redis.Redis:
     return client
 
 
-def _e2e(database_url: str, broker_url: str) -> Iterator[E2E]:
+def _e2e(database_url: str, broker_url: str, **config: Any) -> Iterator[E2E]:
     queue = f"e2e_{uuid.uuid4().hex[:10]}"
-    app = create_app(database_url, broker_url, queue)
+    app = create_app(database_url, broker_url, queue, **config)
     env = {"E2E_DATABASE_URL": database_url, "E2E_BROKER_URL": broker_url, "E2E_QUEUE": queue}
     with app.app_context():
         db.drop_all()
@@ -105,13 +104,6 @@ def _e2e(database_url: str, broker_url: str) -> Iterator[E2E]:
             db.drop_all()
             for engine in db.engines.values():
                 engine.dispose()
-
-
-@pytest.fixture(params=SERVER_DATABASES)
-def server_database_url(request: pytest.FixtureRequest) -> str:
-    """This run's PostgreSQL database, then its MariaDB database."""
-    prefix = "pg" if request.param == "postgresql" else request.param
-    return str(request.getfixturevalue(f"{prefix}_database_url"))
 
 
 @pytest.fixture
