@@ -74,7 +74,10 @@ def decide(workflow_id: int, key: str | None, body: Any) -> tuple[dict[str, Any]
     if not (isinstance(body, dict) and isinstance(body.get("ok"), bool)
             and isinstance(body.get("by"), str) and body["by"]):
         return {"error": 'the body must be JSON {"ok": true or false, "by": "who decided"}'}, 400
-    workflow = db.session.get(workflows.ExpenseApprovalWorkflow, workflow_id)
+    # Ids are BIGINTs: a larger number is no workflow's (and PostgreSQL refuses it).
+    workflow = None
+    if workflow_id < 2**63:
+        workflow = db.session.get(workflows.ExpenseApprovalWorkflow, workflow_id)
     if workflow is None:
         return {"error": f"no expense approval workflow #{workflow_id}"}, 404
     try:

@@ -6,7 +6,6 @@ step's, and commit later together with the outcome (:mod:`flask_geneva.finalizin
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from sqlalchemy.orm.attributes import flag_modified
 from flask_geneva import signals
 from flask_geneva.dsl import StepDefinition
 from flask_geneva.flow import FlowControlSignal
+from flask_geneva.jsonvalues import json_text
 from flask_geneva.logs import workflow_logger
 from flask_geneva.machine import timeout_call
 from flask_geneva.models import json_snapshot
@@ -67,11 +67,12 @@ def performed_outcome(call: FlowControlSignal | None, error: BaseException | Non
 def keep_data_changes(workflow: Any, snapshot: str) -> None:
     """Mark ``data`` changed when step code changed it in place (nested values too).
 
-    :raises TypeError: the new data is not JSON-serialisable (the step's failure).
-    :raises ValueError: it holds NaN or an infinity, which JSON cannot carry.
+    :raises TypeError: the new data holds a value JSON cannot (the step's failure).
+    :raises ValueError: it is not JSON the database takes back: NaN or an infinity, a
+        lone surrogate, nesting too deep. Both messages name the value.
     """
     if json_snapshot(workflow.data) != snapshot:
-        json.dumps(workflow.data, allow_nan=False)
+        json_text(workflow.data)
         flag_modified(workflow, "data")
 
 

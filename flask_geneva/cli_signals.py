@@ -91,7 +91,7 @@ def sent_line(
     elif woke is not None:
         line += f"; step {printable(woke)} waits for it and is due now"
     elif str(workflow.state) == "paused":
-        line += "; the workflow is paused: it is taken after resume"
+        line += "; the workflow is paused: pending until it is resumed and a step takes it"
     else:
         line += "; pending until a step waits for it"
     return line

@@ -63,6 +63,10 @@ def prepare_mysql_engine(app: Flask, db: Any) -> None:
         engine = db.engine
     if not sa.event.contains(engine, "connect", _set_up_connection):
         sa.event.listen(engine, "connect", _set_up_connection)
+        # Connections the app opened before init_app (a query at start-up) were set up
+        # without it: let the pool open new ones (one still in use is closed when it
+        # is given back).
+        engine.dispose()
 
 
 def _set_up_connection(dbapi_connection: Any, _record: Any) -> None:

@@ -13,7 +13,7 @@ from flask_geneva.errors import (
     NotAWorkflowClassError,
     WorkflowAlreadyOngoing,
 )
-from flask_geneva.jsonvalues import json_problem
+from flask_geneva.jsonvalues import json_text
 from flask_geneva.runs import message_options
 from flask_geneva.states import ONGOING_STATES, WorkflowState
 from flask_geneva.store import store_for
@@ -88,11 +88,10 @@ def _checked_data(cls: Any, data: Any) -> dict[str, Any]:
     try:
         # Round-tripped, so the dict in memory is what the database will give back
         # (tuples become lists, keys become strings).
-        return dict(json.loads(json.dumps(data, allow_nan=False)))
+        return dict(json.loads(json_text(data)))
     except (TypeError, ValueError) as error:
         raise InvalidWorkflowDataError(
-            f"{cls.__name__}.create(data=...) must be JSON-serialisable: "
-            f"{json_problem(data, error)}"
+            f"{cls.__name__}.create(data=...) must be JSON-serialisable: {error}"
         ) from None
 
 

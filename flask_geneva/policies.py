@@ -48,7 +48,13 @@ def to_timedelta(value: Any, what: str) -> timedelta:
         raise StepConfigurationError(
             f"{what} must be a timedelta or a number of seconds, got {value!r}"
         )
-    delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    try:
+        delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    except (ValueError, OverflowError):  # NaN, an infinity, beyond timedelta's range
+        raise StepConfigurationError(
+            f"{what} must be a finite number of seconds (at most 999999999 days), "
+            f"got {value!r}"
+        ) from None
     if delta < timedelta(0):
         raise StepConfigurationError(f"{what} must not be negative, got {value!r}")
     return delta

@@ -26,7 +26,7 @@ from flask_geneva.errors import (
 )
 from flask_geneva.extension import require_state
 from flask_geneva.ids import parse_workflow_id
-from flask_geneva.jsonvalues import json_problem
+from flask_geneva.jsonvalues import json_text
 from flask_geneva.logs import logger, workflow_logger
 from flask_geneva.models import IDEMPOTENCY_KEY_LENGTH
 from flask_geneva.runs import message_options
@@ -42,21 +42,23 @@ def checked_signal(name: Any, payload: Any, key: Any, max_payload: int) -> tuple
     :class:`~flask_geneva.InvalidSignalError` naming what is wrong."""
     try:
         check_signal_name(name, "signal()")
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         raise InvalidSignalError(str(error)) from None
     if key is not None and (
-        not isinstance(key, str) or not key or len(key) > IDEMPOTENCY_KEY_LENGTH
+        not isinstance(key, str)
+        or not key
+        or len(key) > IDEMPOTENCY_KEY_LENGTH
+        or "\x00" in key
     ):
         raise InvalidSignalError(
             f"signal({name!r}): idempotency_key must be None or a non-empty string of at "
-            f"most {IDEMPOTENCY_KEY_LENGTH} characters, got {quoted(key)}"
+            f"most {IDEMPOTENCY_KEY_LENGTH} characters, without NUL, got {quoted(key)}"
         )
     try:
-        text = json.dumps(payload, allow_nan=False)
+        text = json_text(payload, "payload")
     except (TypeError, ValueError) as error:
         raise InvalidSignalError(
-            f"signal({name!r}): the payload must be JSON-serialisable: "
-            f"{json_problem(payload, error, 'payload')}"
+            f"signal({name!r}): the payload must be JSON-serialisable: {error}"
         ) from None
     size = len(text.encode())
     if size > max_payload:

@@ -73,12 +73,12 @@ class SignalWait:
 
 def check_signal_name(name: Any, where: str) -> str:
     """A signal name: a non-empty string that fits the ``name`` column."""
-    if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
+    if not isinstance(name, str) or not name or len(name) > NAME_LENGTH or "\x00" in name:
         from flask_geneva.text import quoted  # a long name is shortened, as a long key is
 
         raise ValueError(
             f"{where}: a signal name must be a non-empty string of at most {NAME_LENGTH} "
-            f"characters, got {quoted(name)}"
+            f"characters, without NUL, got {quoted(name)}"
         )
     return name
 
@@ -124,5 +124,11 @@ def signal_wait_from_options(
         raise StepConfigurationError(
             f"{here}: on_timeout must be one of {', '.join(map(repr, ON_TIMEOUT_ACTIONS))}, "
             f"got {on_timeout!r}"
+        )
+    if timeout is None and on_timeout is not None:
+        raise StepConfigurationError(
+            f"{here}: on_timeout={on_timeout!r} only applies with a timeout; give "
+            f"timeout=... too, or leave on_timeout out (without a timeout the step waits "
+            f"until the signal comes)"
         )
     return SignalWait(matcher, limit, action)

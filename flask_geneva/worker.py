@@ -94,12 +94,24 @@ class GenevaMiddleware(dramatiq.Middleware):
 
     def __init__(self, state: GenevaState) -> None:
         self.state = state
+        #: Set in a ``dramatiq`` worker process (not an embedded worker's).
+        self.in_worker_process = False
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        self.in_worker_process = True
         # Connections inherited from a parent process must not be shared: drop them.
         self.state.dispose_engines()
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.in_worker_process and is_memory_broker(self.state.config.broker_url):
+            logger.error(
+                "this dramatiq worker uses the in-process broker (GENEVA_BROKER_URL=%s): "
+                "no other process can send it a step, so it runs none. Give it the broker "
+                "your web processes publish to (GENEVA_BROKER_URL=redis://..., or "
+                "FLASK_GENEVA_BROKER_URL with app.config.from_prefixed_env()), or leave "
+                "the steps to the web process's embedded worker and stop this one",
+                self.state.config.broker_url,
+            )
         problem = broker_problem(broker)
         if problem is not None:
             logger.error(

@@ -261,6 +261,8 @@ def test_the_decision_view_refuses_what_it_cannot_record(example_app: Flask) -> 
         assert malformed.status_code == 400, body
     assert post_decision(example_app, workflow.id + 1000).status_code == 404
     assert post_decision(example_app, "not-a-number").status_code == 404
+    assert post_decision(example_app, 2**63).status_code == 404  # beyond BIGINT
+    assert post_decision(example_app, 10**20).status_code == 404
     other = DataRetentionWorkflow.create(hero=None)
     db.session.commit()
     wrong_class = post_decision(example_app, other.id)

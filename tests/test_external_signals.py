@@ -120,6 +120,20 @@ def _outbox(execution):
     return db.session.scalars(sa.select(Outbox).where(Outbox.execution_id == execution.id)).all()
 
 
+def _nested(depth):
+    """A payload of ``depth`` lists, one inside the other."""
+    value = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def _circular():
+    loop = {"a": 1}
+    loop["self"] = loop
+    return loop
+
+
 # -- the DSL -----------------------------------------------------------------------------
 
 
@@ -134,6 +148,11 @@ def _outbox(execution):
         ({"wait_for": "x", "timeout": "soon"}, "timeout must be a timedelta"),
         ({"wait_for": 42}, "wait_for takes a signal name or a flask_geneva.SignalMatcher"),
         ({"wait_for": ""}, "a signal name must be a non-empty string"),
+        ({"wait_for": "a\x00b"}, "without NUL"),
+        ({"wait_for": "x", "on_timeout": "skip"}, "on_timeout='skip' only applies with a timeout"),
+        ({"wait_for": "x", "timeout": math.nan}, "timeout must be a finite number"),
+        ({"wait_for": "x", "timeout": math.inf}, "timeout must be a finite number"),
+        ({"wait_for": "x", "timeout": 1e20}, "timeout must be a finite number"),
     ],
 )
 def test_wrong_signal_options_are_configuration_errors(options, message):
@@ -288,6 +307,11 @@ def test_an_ended_workflow_refuses_new_signals_but_answers_a_repeated_key(app, u
         ({"payload": "x" * 70_000}, "GENEVA_MAX_SIGNAL_PAYLOAD"),
         ({"idempotency_key": ""}, "idempotency_key must be"),
         ({"idempotency_key": 5}, "idempotency_key must be"),
+        ({"idempotency_key": "a\x00b"}, "without NUL"),
+        ({"payload": {"s": "\ud800"}}, r"payload\['s'\] holds a string with a lone surrogate"),
+        ({"payload": _nested(32)}, "nested more than 31 levels deep"),
+        ({"payload": _nested(3000)}, "nested more than 31 levels deep"),
+        ({"payload": _circular()}, "nested more than 31 levels deep \\(or contains itself\\)"),
     ],
 )
 def test_a_bad_payload_or_key_raises_value_error_and_stores_nothing(app, user, kwargs, message):
@@ -299,10 +323,29 @@ def test_a_bad_payload_or_key_raises_value_error_and_stores_nothing(app, user, k
     assert _signals(wf) == []
 
 
+def test_a_payload_nested_31_deep_is_taken(app, user):
+    wf = _approval(user)
+    assert wf.signal("approved", _nested(31)).payload == _nested(31)
+    db.session.commit()
+    assert _signals(wf)[0].payload == _nested(31)
+
+
+def test_the_payload_limit_counts_utf8_bytes_as_sent(app, user):
+    wf = _approval(user)
+    accents = {"s": "é" * 30_000}  # 60,009 bytes of UTF-8 (180,009 if escaped)
+    assert wf.signal("approved", accents).payload == accents
+    db.session.commit()
+    assert _signals(wf)[0].payload == accents
+    with pytest.raises(InvalidSignalError, match=r"the payload is 80009 bytes of JSON"):
+        wf.signal("approved", {"s": "é" * 40_000})
+
+
 def test_a_bad_name_is_refused(app, user):
     wf = _approval(user)
     with pytest.raises(InvalidSignalError, match="a signal name"):
         wf.signal("")
+    with pytest.raises(InvalidSignalError, match="without NUL"):
+        wf.signal("appro\x00ved")
     with pytest.raises(InvalidSignalError, match="a signal name"):
         wf.signal("n" * 300)
 

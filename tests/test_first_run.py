@@ -422,6 +422,35 @@ def test_a_worker_that_cannot_reach_its_broker_says_so(tmp_path: Path) -> None:
             worker.wait(timeout=30)
 
 
+def test_a_worker_on_the_in_process_broker_says_it_will_run_nothing(tmp_path: Path) -> None:
+    env = _clean_env(
+        E2E_DATABASE_URL=f"sqlite:///{tmp_path / 'w.sqlite3'}",
+        E2E_BROKER_URL="memory://",
+        E2E_QUEUE="in_process",
+    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "tests.e2e_app:broker", "--processes", "1",
+             "--threads", "1"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        try:
+            wait_until(
+                lambda: "ready for action" in log.read_text(),
+                timeout=60,
+                message="the worker to start",
+            )
+            text = log.read_text()
+            assert "this dramatiq worker uses the in-process broker" in text
+            assert "GENEVA_BROKER_URL=memory://" in text
+            assert "no other process can send it a step" in text
+        finally:
+            os.killpg(worker.pid, 9)
+            worker.wait(timeout=30)
+
+
 def test_the_relay_command_refuses_an_embedded_app_it_cannot_deliver_for(
     cli_process_app: Flask,
 ) -> None:

@@ -437,3 +437,98 @@ def test_a_step_that_puts_a_non_finite_number_in_data_fails_as_a_step(
     execution = wf.execution_history[-1]
     assert (execution.state, execution.outcome) == ("failed", "failed")
     assert wf.data == {"ratio": 1}
+
+
+# ------------------------------------------- what the databases cannot hold, or pages show
+
+
+def _nested(depth: int) -> Any:
+    value: Any = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"in": value}
+    return value
+
+
+def _circular() -> Any:
+    loop: dict[str, Any] = {}
+    loop["again"] = [loop]
+    return loop
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_nested(32), r"data\['in'\]\['in'\].* is nested more than 31 levels deep"),
+        (_circular(), r"nested more than 31 levels deep \(or contains itself\)"),
+        ({"name": "caf\udce9"}, r"data\['name'\] holds a string with a lone surrogate"),
+        ({"caf\udce9": 1}, r"data holds a string with a lone surrogate"),
+    ],
+    ids=["deep", "circular", "surrogate", "surrogate-key"],
+)
+def test_create_refuses_what_a_database_cannot_store(
+    app: Flask, user: Any, data: Any, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        HostileWorkflow.create(hero=user, data=data)
+    db.session.rollback()
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(geneva.Workflow)) == 0
+
+
+def test_data_nested_31_deep_is_stored_on_every_database(app: Flask, user: Any) -> None:
+    workflow = HostileWorkflow.create(hero=user, data=_nested(31))
+    db.session.commit()
+    assert reload(workflow).data == _nested(31)
+
+
+class DeepDataWorkflow(geneva.Workflow):
+    @step
+    def deepen(self) -> None:
+        self.data["deep"] = _nested(40)
+
+
+def test_a_step_that_nests_data_too_deep_fails_as_a_step(app: Flask, user: Any) -> None:
+    wf = DeepDataWorkflow.create(hero=user, data={"kept": True})
+    db.session.commit()
+    with pytest.raises(ValueError, match="nested more than 31 levels deep"):
+        perform_next_step(wf)
+    assert wf.state == "paused"
+    assert reload(wf).data == {"kept": True}
+
+
+def test_pages_show_old_data_nested_too_deep(app: Flask, user: Any) -> None:
+    """Data stored before the depth limit (PostgreSQL and SQLite took any depth; the
+    JSON twin's writer recursed into it) is shown down to the limit."""
+    workflow = HostileWorkflow.create(hero=user, data={"n": 1})
+    db.session.commit()
+    deep = _nested(600)
+    if db.engine.dialect.name != "mysql":  # MariaDB's JSON check never held it
+        table = geneva.Workflow.__table__
+        db.session.execute(
+            sa.update(table).where(table.c.id == workflow.id).values(data=deep)
+        )
+        db.session.commit()
+    client = app.test_client()
+    page = client.get(f"/geneva/workflows/{workflow.id}")
+    twin = client.get(f"/geneva/workflows/{workflow.id}?format=json")
+    assert (page.status_code, twin.status_code) == (200, 200)
+    if db.engine.dialect.name != "mysql":
+        shown = twin.get_json()["workflow"]["data"]
+        for _ in range(31):
+            shown = shown["in"]
+        assert shown == "(nested more than 31 levels deep: not shown)"
+
+
+@pytest.mark.parametrize(
+    ("q", "target"),
+    [
+        ("7", "/geneva/workflows/7"),
+        ("HostileWorkflow", "/geneva/workflows"),
+        ("", "/geneva/workflows"),
+    ],
+)
+def test_the_search_twin_goes_to_the_json_twin(app: Flask, q: str, target: str) -> None:
+    response = app.test_client().get("/geneva/search", query_string={"q": q, "format": "json"})
+    assert response.status_code == 302
+    location = urlsplit(response.headers["Location"])
+    assert location.path == target
+    assert "format=json" in location.query

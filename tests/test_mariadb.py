@@ -95,3 +95,29 @@ def test_the_database_refuses_a_second_ongoing_workflow_of_a_class_and_hero(app,
     ).scalars().all()
     assert keys == [1, None, None]
     assert first.id is not None
+
+
+def test_connections_opened_before_init_app_are_not_kept(database_url, app_config):
+    """An app that queries before ``geneva.init_app`` (at start-up, say) gets fresh,
+    set-up connections from then on, not the pooled one it opened before."""
+    from flask import Flask
+
+    app = Flask("geneva_early_query")
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url, TESTING=True, GENEVA_BROKER_URL="memory://",
+        **app_config,
+    )
+    db.init_app(app)
+    query = sa.text("SELECT @@session.time_zone, @@session.tx_isolation")
+    try:
+        with app.app_context():
+            assert db.session.execute(query).one() == ("-05:00", "REPEATABLE-READ")
+            db.session.remove()  # the connection goes back to the pool
+        geneva.init_app(app)
+        with app.app_context():
+            assert db.session.execute(query).one() == ("+00:00", "READ-COMMITTED")
+            db.session.remove()
+    finally:
+        with app.app_context():
+            for engine in db.engines.values():
+                engine.dispose()

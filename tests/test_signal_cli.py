@@ -162,7 +162,8 @@ def test_a_paused_workflow_takes_the_signal_after_resume(app):
 
     (line,) = assert_ok(invoke(app, "signal", str(workflow.id), "approved", "--key", "k1"))
 
-    assert line.endswith("; the workflow is paused: it is taken after resume"), line
+    paused = "; the workflow is paused: pending until it is resumed and a step takes it"
+    assert line.endswith(paused), line
     assert outbox_times(workflow) == []
 
 

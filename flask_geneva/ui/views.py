@@ -278,16 +278,18 @@ def hero(hero_type: str, hero_id: str) -> Any:
 def search() -> Any:
     """Jump from one box: a workflow id, a hero as ``TYPE:ID``, or a class name."""
     text = request.args.get("q", "").strip()
+    # The JSON twin redirects to the JSON twin of the page it finds.
+    twin: dict[str, Any] = {"format": "json"} if _wants_json() else {}
     if not text:
-        return redirect(url_for("geneva.workflows"))
+        return redirect(url_for("geneva.workflows", **twin))
     if ":" in text:
         hero_type, hero_id = _parse(lookups.parse_hero, text)
-        return redirect(_hero_url(hero_type, hero_id))
+        return redirect(_hero_url(hero_type, hero_id, **twin))
     try:
         parse_workflow_id(_state().geneva, text)
     except InvalidInputError:
-        return redirect(url_for("geneva.workflows", workflow=text))
-    return redirect(url_for("geneva.workflow", workflow_id=text))
+        return redirect(url_for("geneva.workflows", workflow=text, **twin))
+    return redirect(url_for("geneva.workflow", workflow_id=text, **twin))
 
 
 # ---------------------------------------------------------------------------- helpers
