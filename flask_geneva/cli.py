@@ -323,7 +323,10 @@ def show_command(workflow_id: str, backtraces: bool) -> None:
     signals = workflow_signals(geneva, workflow, limit=CLI_SIGNAL_LIMIT)
     if signals.signals:
         newest = f", the newest {CLI_SIGNAL_LIMIT}" if signals.truncated else ""
-        show(f"  signals:      {signals.pending} pending{newest}")
+        # An ended workflow's pending signals are kept: no step will take them.
+        ended = str(workflow.state) in ("finished", "canceled")
+        status = "kept (workflow ended)" if ended else "pending"
+        show(f"  signals:      {signals.pending} {status}{newest}")
         for line in _aligned(signal_rows(signals, _when, workflow.state), gap=2):
             show("    " + line)
     show("  timeline:")

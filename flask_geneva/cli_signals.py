@@ -22,6 +22,7 @@ from flask_geneva.queries.signals import (
     signal_status,
 )
 from flask_geneva.text import printable, quoted
+from flask_geneva.timeutil import as_utc, utcnow
 from flask_geneva.ui.present import format_duration
 
 #: The most characters of a payload ``show`` prints per signal.
@@ -114,6 +115,8 @@ def waiting_line(
         return f"{step} {_at_once(pending, name, checks)} after resume"
     until = f"until {when(waiting.until)}" if waiting.until is not None else "no timeout"
     line = f"{step} waits for {name} since {when(waiting.since)}, {until}"
+    if paused and waiting.until is not None and as_utc(waiting.until) <= utcnow():
+        return line + " (passed: it times out when resumed)"
     return line + (" (after resume)" if paused else "")
 
 

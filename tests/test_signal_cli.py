@@ -354,6 +354,27 @@ def test_show_says_a_paused_workflow_waits_again_after_resume(app):
     assert row.endswith("[kept: runs after resume]")
 
 
+def test_show_says_a_paused_workflow_past_its_timeout_times_out_when_resumed(app):
+    workflow = waiting_flow()
+    assert_ok(invoke(app, "pause", str(workflow.id)))
+    db.session.execute(
+        sa.update(EXECUTIONS)
+        .where(EXECUTIONS.c.id == waiting_execution(workflow).id)
+        .values(scheduled_for=utcnow() - timedelta(minutes=5))
+    )
+    db.session.commit()
+    lines = assert_ok(invoke(app, "show", str(workflow.id)))
+    assert (field(lines, "waiting") or "").endswith(" (passed: it times out when resumed)")
+
+
+def test_show_calls_an_ended_workflows_pending_signals_kept(app):
+    workflow = waiting_flow()
+    assert_ok(invoke(app, "signal", str(workflow.id), "late"))  # no step waits for it
+    assert_ok(invoke(app, "cancel", str(workflow.id)))
+    lines = assert_ok(invoke(app, "show", str(workflow.id)))
+    assert field(lines, "signals") == "1 kept (workflow ended)"
+
+
 def test_show_calls_a_waiting_step_overdue_only_past_its_timeout(app):
     workflow = waiting_flow()
     execution = waiting_execution(workflow)
