@@ -71,7 +71,11 @@ def keep_data_changes(workflow: Any, snapshot: str) -> None:
     :raises ValueError: it is not JSON the database takes back: NaN or an infinity, a
         lone surrogate, nesting too deep. Both messages name the value.
     """
-    if json_snapshot(workflow.data) != snapshot:
+    try:
+        changed = json_snapshot(workflow.data) != snapshot
+    except (ValueError, RecursionError):  # it contains itself, or nests very deep
+        changed = True  # json_text says which value
+    if changed:
         json_text(workflow.data)
         flag_modified(workflow, "data")
 

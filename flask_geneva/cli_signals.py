@@ -115,7 +115,8 @@ def waiting_line(
         return f"{step} {_at_once(pending, name, checks)} after resume"
     until = f"until {when(waiting.until)}" if waiting.until is not None else "no timeout"
     line = f"{step} waits for {name} since {when(waiting.since)}, {until}"
-    if paused and waiting.until is not None and as_utc(waiting.until) <= utcnow():
+    deadline = as_utc(waiting.until)
+    if paused and deadline is not None and deadline <= utcnow():
         return line + " (passed: it times out when resumed)"
     return line + (" (after resume)" if paused else "")
 

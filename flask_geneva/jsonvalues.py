@@ -19,40 +19,64 @@ from typing import Any
 MAX_JSON_DEPTH = 31
 
 
+class JSONTooLarge(ValueError):
+    """JSON text longer than the limit given to :func:`json_text`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes of JSON")
+        #: The text's length in UTF-8 bytes.
+        self.size = size
+
+
 def too_deep_path(value: Any, path: str = "data", limit: int = MAX_JSON_DEPTH) -> str | None:
     """The path of the first list or dict nested more than ``limit`` levels deep in
     ``value`` (a value that contains itself nests without end), or None."""
     if not isinstance(value, dict | list | tuple):
         return None
-    stack: list[tuple[Any, str, int]] = [(value, path, 1)]
+    # (container, its depth, its parent's entry, its key there): a path is only built
+    # for the container that is too deep.
+    stack: list[tuple[Any, int, Any, Any]] = [(value, 1, None, None)]
     while stack:
-        item, where, depth = stack.pop()
-        if depth > limit:
-            return where
+        entry = stack.pop()
+        item, depth = entry[0], entry[1]
         children = item.items() if isinstance(item, dict) else enumerate(item)
         for key, child in children:
             if isinstance(child, dict | list | tuple):
-                stack.append((child, f"{where}[{key!r}]", depth + 1))
+                if depth >= limit:
+                    return _path_to((child, depth + 1, entry, key), path)
+                stack.append((child, depth + 1, entry, key))
     return None
 
 
-def json_text(value: Any, path: str = "data") -> str:
+def _path_to(entry: tuple[Any, int, Any, Any], root: str) -> str:
+    keys = []
+    while entry[2] is not None:
+        keys.append(entry[3])
+        entry = entry[2]
+    return root + "".join(f"[{key!r}]" for key in reversed(keys))
+
+
+def _too_deep(where: str) -> ValueError:
+    return ValueError(
+        f"{where} is nested more than {MAX_JSON_DEPTH} levels deep (or contains itself); "
+        f"flatten it, or store it in a table of your own and keep its id"
+    )
+
+
+def json_text(value: Any, path: str = "data", max_bytes: int | None = None) -> str:
     """``value`` as JSON text (not ASCII-escaped: its length in UTF-8 is its size).
 
     :raises TypeError: ``value`` holds something of a type JSON has not.
+    :raises JSONTooLarge: the text is longer than ``max_bytes`` in UTF-8.
     :raises ValueError: ``value`` is not JSON that every supported database stores and
         gives back (NaN or an infinity, a lone surrogate, nesting too deep).
     The messages name the value and say what to do.
     """
-    deep = too_deep_path(value, path)
-    if deep is not None:
-        raise ValueError(
-            f"{deep} is nested more than {MAX_JSON_DEPTH} levels deep (or contains "
-            f"itself); flatten it, or store it in a table of your own and keep its id"
-        )
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-        text.encode()
+        size = len(text.encode())
+    except RecursionError:  # nested hundreds of levels deep
+        raise _too_deep(too_deep_path(value, path) or path) from None
     except UnicodeEncodeError as error:
         bad = error.object[error.start : error.end]
         where = _path_of_string(value, path, bad) or path
@@ -62,8 +86,16 @@ def json_text(value: Any, path: str = "data") -> str:
         ) from None
     except TypeError as error:  # a value of a type JSON has not
         raise TypeError(json_problem(value, error, path)) from None
-    except ValueError as error:  # NaN or an infinity
+    except ValueError as error:  # it contains itself, or NaN or an infinity
+        deep = too_deep_path(value, path)
+        if deep is not None:
+            raise _too_deep(deep) from None
         raise ValueError(json_problem(value, error, path)) from None
+    if max_bytes is not None and size > max_bytes:
+        raise JSONTooLarge(size)
+    deep = too_deep_path(value, path)
+    if deep is not None:
+        raise _too_deep(deep)
     return text
 
 

@@ -42,6 +42,10 @@ class _Unset:
 UNSET: Final = _Unset()
 
 
+#: The longest wait or timeout: a step due later could not be given a date.
+LONGEST_WAIT = timedelta(days=365_250)
+
+
 def to_timedelta(value: Any, what: str) -> timedelta:
     """Turn a wait given as a timedelta or a number of seconds into a timedelta (≥ 0)."""
     if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
@@ -51,10 +55,12 @@ def to_timedelta(value: Any, what: str) -> timedelta:
     try:
         delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
     except (ValueError, OverflowError):  # NaN, an infinity, beyond timedelta's range
+        delta = None
+    if delta is None or delta > LONGEST_WAIT:  # later than any date can hold
         raise StepConfigurationError(
-            f"{what} must be a finite number of seconds (at most 999999999 days), "
-            f"got {value!r}"
-        ) from None
+            f"{what} must be a finite number of seconds or a timedelta of at most "
+            f"{LONGEST_WAIT.days} days (1,000 years), got {value!r}"
+        )
     if delta < timedelta(0):
         raise StepConfigurationError(f"{what} must not be negative, got {value!r}")
     return delta

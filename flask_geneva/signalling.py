@@ -26,7 +26,7 @@ from flask_geneva.errors import (
 )
 from flask_geneva.extension import require_state
 from flask_geneva.ids import parse_workflow_id
-from flask_geneva.jsonvalues import json_text
+from flask_geneva.jsonvalues import JSONTooLarge, json_text
 from flask_geneva.logs import logger, workflow_logger
 from flask_geneva.models import IDEMPOTENCY_KEY_LENGTH
 from flask_geneva.runs import message_options
@@ -55,18 +55,17 @@ def checked_signal(name: Any, payload: Any, key: Any, max_payload: int) -> tuple
             f"most {IDEMPOTENCY_KEY_LENGTH} characters, without NUL, got {quoted(key)}"
         )
     try:
-        text = json_text(payload, "payload")
+        text = json_text(payload, "payload", max_bytes=max_payload)
+    except JSONTooLarge as error:
+        raise InvalidSignalError(
+            f"signal({name!r}): the payload is {error.size} bytes of JSON, more than "
+            f"GENEVA_MAX_SIGNAL_PAYLOAD ({max_payload}); store the data in your own table "
+            f"and send its id"
+        ) from None
     except (TypeError, ValueError) as error:
         raise InvalidSignalError(
             f"signal({name!r}): the payload must be JSON-serialisable: {error}"
         ) from None
-    size = len(text.encode())
-    if size > max_payload:
-        raise InvalidSignalError(
-            f"signal({name!r}): the payload is {size} bytes of JSON, more than "
-            f"GENEVA_MAX_SIGNAL_PAYLOAD ({max_payload}); store the data in your own table "
-            f"and send its id"
-        )
     return name, json.loads(text), key
 
 

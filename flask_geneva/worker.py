@@ -106,11 +106,15 @@ class GenevaMiddleware(dramatiq.Middleware):
         if self.in_worker_process and is_memory_broker(self.state.config.broker_url):
             logger.error(
                 "this dramatiq worker uses the in-process broker (GENEVA_BROKER_URL=%s): "
-                "no other process can send it a step, so it runs none. Give it the broker "
-                "your web processes publish to (GENEVA_BROKER_URL=redis://..., or "
+                "no other process can send it a step, so %s. Give it the broker your web "
+                "processes publish to (GENEVA_BROKER_URL=redis://..., or "
                 "FLASK_GENEVA_BROKER_URL with app.config.from_prefixed_env()), or leave "
                 "the steps to the web process's embedded worker and stop this one",
                 self.state.config.broker_url,
+                "it runs none (the embedded worker's app leaves them to the web process)"
+                if not self.state.can_deliver
+                else "it runs only what its own relay republishes, once the steps look "
+                "lost (GENEVA_RELAY_REPUBLISH_AFTER): late",
             )
         problem = broker_problem(broker)
         if problem is not None:

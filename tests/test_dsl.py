@@ -341,6 +341,18 @@ STEP_ERRORS = [
         id="negative timedelta",
     ),
     pytest.param(
+        "@step(wait=float('nan'))\ndef pay(self): pass",
+        "pay",
+        "wait must be a finite number of seconds",
+        id="wait NaN",
+    ),
+    pytest.param(
+        "@step(wait=timedelta(days=400_000))\ndef pay(self): pass",
+        "pay",
+        "at most 365250 days",
+        id="wait beyond any date",
+    ),
+    pytest.param(
         "@step(wait='3 days')\ndef pay(self): pass",
         "pay",
         "wait must be a timedelta or a number of seconds",

@@ -153,6 +153,7 @@ def _circular():
         ({"wait_for": "x", "timeout": math.nan}, "timeout must be a finite number"),
         ({"wait_for": "x", "timeout": math.inf}, "timeout must be a finite number"),
         ({"wait_for": "x", "timeout": 1e20}, "timeout must be a finite number"),
+        ({"wait_for": "x", "timeout": timedelta(days=999_999)}, "at most 365250 days"),
     ],
 )
 def test_wrong_signal_options_are_configuration_errors(options, message):

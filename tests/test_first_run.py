@@ -422,7 +422,7 @@ def test_a_worker_that_cannot_reach_its_broker_says_so(tmp_path: Path) -> None:
             worker.wait(timeout=30)
 
 
-def test_a_worker_on_the_in_process_broker_says_it_will_run_nothing(tmp_path: Path) -> None:
+def test_a_worker_on_the_in_process_broker_says_no_other_process_reaches_it(tmp_path: Path) -> None:
     env = _clean_env(
         E2E_DATABASE_URL=f"sqlite:///{tmp_path / 'w.sqlite3'}",
         E2E_BROKER_URL="memory://",
@@ -445,7 +445,7 @@ def test_a_worker_on_the_in_process_broker_says_it_will_run_nothing(tmp_path: Pa
             text = log.read_text()
             assert "this dramatiq worker uses the in-process broker" in text
             assert "GENEVA_BROKER_URL=memory://" in text
-            assert "no other process can send it a step" in text
+            assert "no other process can send it a step, so it runs only what" in text
         finally:
             os.killpg(worker.pid, 9)
             worker.wait(timeout=30)

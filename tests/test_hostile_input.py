@@ -532,3 +532,18 @@ def test_the_search_twin_goes_to_the_json_twin(app: Flask, q: str, target: str) 
     location = urlsplit(response.headers["Location"])
     assert location.path == target
     assert "format=json" in location.query
+
+
+class SelfContainingDataWorkflow(geneva.Workflow):
+    @step
+    def loop(self) -> None:
+        self.data["me"] = self.data
+
+
+def test_a_step_that_makes_data_contain_itself_fails_naming_it(app: Flask, user: Any) -> None:
+    wf = SelfContainingDataWorkflow.create(hero=user, data={"kept": True})
+    db.session.commit()
+    with pytest.raises(ValueError, match=r"data\['me'\].* \(or contains itself\)"):
+        perform_next_step(wf)
+    assert wf.state == "paused"
+    assert reload(wf).data == {"kept": True}
