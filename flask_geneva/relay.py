@@ -143,10 +143,11 @@ class Relay:
         while not self._stop.is_set():
             try:
                 with self.state.app.app_context():
+                    # LISTEN before looking: a row committed after the look is notified.
+                    self._ensure_listener()
                     self.publish_due()
                     self._maybe_sweep()
                     next_due = self.next_due()
-                    self._ensure_listener()
                 backoff = BACKOFF_MIN_S
                 self._outage.succeeded()
             except Exception as error:

@@ -365,8 +365,10 @@ def test_the_relay_thread_wakes_when_a_later_step_is_due(app: Flask) -> None:
         lateness = seen["at"] - due.timestamp()
         # Published ahead by the relay's lead at most (the worker waits for the due time).
         assert lateness >= -(state.relay.lead.total_seconds() + 0.05)
-        # Both poll intervals are ≥ 1 s: publishing well inside that means it woke on time.
-        assert lateness < 0.9
+        # Publishing well inside the poll interval (1 s on SQLite, 5 s on PostgreSQL)
+        # means it woke for the due time; half of PostgreSQL's leaves room for a stalled
+        # thread on a loaded machine (a clean-clone CI run once measured 2.2 s there).
+        assert lateness < (0.9 if db.engine.dialect.name == "sqlite" else 2.5)
     finally:
         state.stop_relay()
 
