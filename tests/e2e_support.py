@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -97,3 +99,29 @@ def wait_until(
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}")
         time.sleep(interval)
         interval = min(interval * 1.5, 0.25)
+
+
+def terminate_other_connections(session: Any) -> None:
+    """End every connection to ``session``'s database but its own (the workers' and
+    relays'), on PostgreSQL or MariaDB, and commit."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    else:
+        others = session.scalars(
+            sa.text(
+                "SELECT id FROM information_schema.processlist "
+                "WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            )
+        ).all()
+        for connection_id in others:
+            try:
+                session.execute(sa.text(f"KILL CONNECTION {int(connection_id)}"))
+            except sa.exc.OperationalError as error:  # 1094: it closed meanwhile
+                if error.orig is None or error.orig.args[0] != 1094:
+                    raise
+    session.commit()

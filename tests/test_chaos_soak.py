@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from flask_geneva.housekeeping import run_housekeeping
 from tests.e2e_app import ChaosWorkflow, StepRun
-from tests.e2e_support import WorkerProcesses, wait_until
+from tests.e2e_support import WorkerProcesses, terminate_other_connections, wait_until
 from tests.models import db, geneva
 from tests.test_e2e_workers import E2E, REDIS_URL, _e2e, _require_redis
 
@@ -62,31 +62,6 @@ def soak(server_database_url: str) -> Iterator[E2E]:
 def _committed_runs() -> int:
     db.session.rollback()
     return int(db.session.scalar(sa.select(sa.func.count()).select_from(StepRun)) or 0)
-
-
-def _terminate_other_connections() -> None:
-    """End every database connection but this one (the workers' and relays')."""
-    if db.engine.dialect.name == "postgresql":
-        db.session.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
-    else:
-        others = db.session.scalars(
-            sa.text(
-                "SELECT id FROM information_schema.processlist "
-                "WHERE db = DATABASE() AND id <> CONNECTION_ID()"
-            )
-        ).all()
-        for connection_id in others:
-            try:
-                db.session.execute(sa.text(f"KILL CONNECTION {int(connection_id)}"))
-            except sa.exc.OperationalError as error:  # 1094: it closed meanwhile
-                if error.orig is None or error.orig.args[0] != 1094:
-                    raise
-    db.session.commit()
 
 
 def _delete_the_queue(queue: str) -> int:
@@ -138,7 +113,7 @@ def test_workflows_survive_killed_workers_dropped_connections_and_a_lost_queue(
         return fault
 
     def drop_connections() -> str:
-        _terminate_other_connections()
+        terminate_other_connections(db.session)
         return "terminated the database connections"
 
     def lose_the_queue() -> str:

@@ -35,7 +35,7 @@ from tests.e2e_app import (
     WaitingWorkflow,
     create_app,
 )
-from tests.e2e_support import WorkerProcesses, wait_until
+from tests.e2e_support import WorkerProcesses, terminate_other_connections, wait_until
 from tests.models import db, geneva
 
 pytestmark = pytest.mark.e2e
@@ -468,23 +468,7 @@ def test_workers_survive_a_database_outage(e2e: E2E) -> None:
     workers = e2e.start_workers()
     ids = _create(WaitingWorkflow, 20)
     wait_until(lambda: len(e2e.runs()) >= 20, message="the first steps")
-    if db.engine.dialect.name == "postgresql":
-        db.session.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
-    else:
-        others = db.session.scalars(
-            sa.text(
-                "SELECT id FROM information_schema.processlist "
-                "WHERE db = DATABASE() AND id <> CONNECTION_ID()"
-            )
-        ).all()
-        for connection_id in others:
-            db.session.execute(sa.text(f"KILL CONNECTION {int(connection_id)}"))
-    db.session.commit()
+    terminate_other_connections(db.session)
     wait_until(lambda: e2e.all_finished(ids), timeout=120, message="the workflows to finish")
     assert workers.popen is not None and workers.popen.poll() is None
     assert set(e2e.runs().values()) == {1}

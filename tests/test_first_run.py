@@ -393,62 +393,49 @@ def test_a_broker_outage_logs_one_warning_not_one_per_request(
 # ---------------------------------------------------------------- workers
 
 
+def _worker_log_once(tmp_path: Path, broker_url: str, queue: str, wanted: str) -> str:
+    """Start ``dramatiq tests.e2e_app:broker`` (SQLite, ``broker_url``), wait until its
+    output holds ``wanted``, kill it; its output."""
+    env = _clean_env(
+        E2E_DATABASE_URL=f"sqlite:///{tmp_path / 'w.sqlite3'}",
+        E2E_BROKER_URL=broker_url,
+        E2E_QUEUE=queue,
+    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "tests.e2e_app:broker", "--processes", "1",
+             "--threads", "1"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        try:
+            wait_until(
+                lambda: wanted in log.read_text(),
+                timeout=60,
+                message=f"the worker to say {wanted!r}",
+            )
+            return log.read_text()
+        finally:
+            os.killpg(worker.pid, 9)
+            worker.wait(timeout=30)
+
+
 def test_a_worker_that_cannot_reach_its_broker_says_so(tmp_path: Path) -> None:
     port = _free_port()  # nothing listens there
-    env = _clean_env(
-        E2E_DATABASE_URL=f"sqlite:///{tmp_path / 'w.sqlite3'}",
-        E2E_BROKER_URL=f"redis://127.0.0.1:{port}/0",
-        E2E_QUEUE="unreachable",
-    )
-    log = tmp_path / "worker.log"
-    with log.open("w") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "tests.e2e_app:broker", "--processes", "1",
-             "--threads", "1"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
-        )
-        try:
-            wait_until(
-                lambda: "cannot reach its broker" in log.read_text(),
-                timeout=60,
-                message="the worker to say it cannot reach its broker",
-            )
-            text = log.read_text()
-            assert f"GENEVA_BROKER_URL=redis://127.0.0.1:{port}/0" in text
-            assert "start the broker or fix GENEVA_BROKER_URL" in text
-        finally:
-            os.killpg(worker.pid, 9)
-            worker.wait(timeout=30)
+    url = f"redis://127.0.0.1:{port}/0"
+    text = _worker_log_once(tmp_path, url, "unreachable", "cannot reach its broker")
+    assert f"GENEVA_BROKER_URL={url}" in text
+    assert "start the broker or fix GENEVA_BROKER_URL" in text
 
 
-def test_a_worker_on_the_in_process_broker_says_no_other_process_reaches_it(tmp_path: Path) -> None:
-    env = _clean_env(
-        E2E_DATABASE_URL=f"sqlite:///{tmp_path / 'w.sqlite3'}",
-        E2E_BROKER_URL="memory://",
-        E2E_QUEUE="in_process",
-    )
-    log = tmp_path / "worker.log"
-    with log.open("w") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "tests.e2e_app:broker", "--processes", "1",
-             "--threads", "1"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
-        )
-        try:
-            wait_until(
-                lambda: "ready for action" in log.read_text(),
-                timeout=60,
-                message="the worker to start",
-            )
-            text = log.read_text()
-            assert "this dramatiq worker uses the in-process broker" in text
-            assert "GENEVA_BROKER_URL=memory://" in text
-            assert "no other process can send it a step, so it runs only what" in text
-        finally:
-            os.killpg(worker.pid, 9)
-            worker.wait(timeout=30)
+def test_a_worker_on_the_in_process_broker_says_no_other_process_reaches_it(
+    tmp_path: Path,
+) -> None:
+    text = _worker_log_once(tmp_path, "memory://", "in_process", "ready for action")
+    assert "this dramatiq worker uses the in-process broker" in text
+    assert "GENEVA_BROKER_URL=memory://" in text
+    assert "no other process can send it a step, so it runs only what" in text
 
 
 def test_the_relay_command_refuses_an_embedded_app_it_cannot_deliver_for(
