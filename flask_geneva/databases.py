@@ -64,8 +64,8 @@ def prepare_mysql_engine(app: Flask, db: Any) -> None:
     if not sa.event.contains(engine, "connect", _set_up_connection):
         sa.event.listen(engine, "connect", _set_up_connection)
         # Connections the app opened before init_app (a query at start-up) were set up
-        # without it: let the pool open new ones (one still in use is closed when it
-        # is given back).
+        # without it: let the pool open new ones (one still checked out keeps the
+        # server's settings until it is closed; the docs say to call init_app first).
         engine.dispose()
 
 

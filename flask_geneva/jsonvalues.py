@@ -84,12 +84,14 @@ def json_text(value: Any, path: str = "data", max_bytes: int | None = None) -> s
             f"{where} holds a string with a lone surrogate ({bad!r}), which is not UTF-8 "
             f"and which databases refuse; decode the text properly before storing it"
         ) from None
-    except TypeError as error:  # a value of a type JSON has not
-        raise TypeError(json_problem(value, error, path)) from None
-    except ValueError as error:  # it contains itself, or NaN or an infinity
+    except (TypeError, ValueError) as error:
+        # It contains itself (json_problem's walk must not follow it), a value of a type
+        # JSON has not, or NaN or an infinity.
         deep = too_deep_path(value, path)
         if deep is not None:
             raise _too_deep(deep) from None
+        if isinstance(error, TypeError):
+            raise TypeError(json_problem(value, error, path)) from None
         raise ValueError(json_problem(value, error, path)) from None
     if max_bytes is not None and size > max_bytes:
         raise JSONTooLarge(size)

@@ -449,8 +449,8 @@ def _nested(depth: int) -> Any:
     return value
 
 
-def _circular() -> Any:
-    loop: dict[str, Any] = {}
+def _circular(**first: Any) -> Any:
+    loop: dict[str, Any] = dict(first)
     loop["again"] = [loop]
     return loop
 
@@ -460,10 +460,11 @@ def _circular() -> Any:
     [
         (_nested(32), r"data\['in'\]\['in'\].* is nested more than 31 levels deep"),
         (_circular(), r"nested more than 31 levels deep \(or contains itself\)"),
+        (_circular(when=object()), r"nested more than 31 levels deep \(or contains itself\)"),
         ({"name": "caf\udce9"}, r"data\['name'\] holds a string with a lone surrogate"),
         ({"caf\udce9": 1}, r"data holds a string with a lone surrogate"),
     ],
-    ids=["deep", "circular", "surrogate", "surrogate-key"],
+    ids=["deep", "circular", "circular-and-not-json", "surrogate", "surrogate-key"],
 )
 def test_create_refuses_what_a_database_cannot_store(
     app: Flask, user: Any, data: Any, message: str
