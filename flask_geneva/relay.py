@@ -144,10 +144,17 @@ class Relay:
             try:
                 with self.state.app.app_context():
                     # LISTEN before looking: a row committed after the look is notified.
-                    self._ensure_listener()
+                    # A LISTEN that fails still lets the pass publish (then backs off).
+                    try:
+                        self._ensure_listener()
+                        listen_error = None
+                    except Exception as error:
+                        listen_error = error
                     self.publish_due()
                     self._maybe_sweep()
                     next_due = self.next_due()
+                    if listen_error is not None:
+                        raise listen_error
                 backoff = BACKOFF_MIN_S
                 self._outage.succeeded()
             except Exception as error:

@@ -664,3 +664,28 @@ def test_on_mariadb_a_wake_up_through_redis_brings_rows_another_process_committe
     finally:
         state.stop_relay()
         client.delete(f"{state.broker.namespace}:relay_wakeups_test")
+
+
+@postgresql_only
+def test_a_relay_whose_listen_is_refused_still_publishes(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection that refuses ``LISTEN`` (a proxy in front of PostgreSQL, say) costs
+    the relay its wake-ups, not its publishing: each pass still publishes what is due."""
+    state = app.extensions["geneva"]
+    relay = state.relay
+
+    def refused() -> None:
+        raise RuntimeError("LISTEN is not supported by this connection")
+
+    monkeypatch.setattr(relay, "_ensure_listener", refused)
+    state.start_relay()
+    try:
+        workflow = SoonWorkflow.create()
+        db.session.commit()
+        execution_id = workflow.current_execution.id
+        wait_until(lambda: execution_id in published(app), timeout=20,
+                   message="the relay to publish without LISTEN")  # fmt: skip
+    finally:
+        state.stop_relay()
+    assert "LISTEN is not supported" in caplog.text  # the failure is still reported
