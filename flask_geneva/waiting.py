@@ -125,10 +125,4 @@ def signal_wait_from_options(
             f"{here}: on_timeout must be one of {', '.join(map(repr, ON_TIMEOUT_ACTIONS))}, "
             f"got {on_timeout!r}"
         )
-    if timeout is None and on_timeout is not None:
-        raise StepConfigurationError(
-            f"{here}: on_timeout={on_timeout!r} only applies with a timeout; give "
-            f"timeout=... too, or leave on_timeout out (without a timeout the step waits "
-            f"until the signal comes)"
-        )
     return SignalWait(matcher, limit, action)

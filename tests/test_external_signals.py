@@ -149,7 +149,6 @@ def _circular():
         ({"wait_for": 42}, "wait_for takes a signal name or a flask_geneva.SignalMatcher"),
         ({"wait_for": ""}, "a signal name must be a non-empty string"),
         ({"wait_for": "a\x00b"}, "without NUL"),
-        ({"wait_for": "x", "on_timeout": "skip"}, "on_timeout='skip' only applies with a timeout"),
         ({"wait_for": "x", "timeout": math.nan}, "timeout must be a finite number"),
         ({"wait_for": "x", "timeout": math.inf}, "timeout must be a finite number"),
         ({"wait_for": "x", "timeout": 1e20}, "timeout must be a finite number"),
@@ -626,3 +625,29 @@ def test_a_message_just_ahead_of_the_deadline_times_out_at_the_deadline_not_befo
     db.session.expire_all()
     ran = db.session.get(Execution, waiting.id)
     assert ran.started_at >= deadline
+
+
+class SkipsWithoutTimeout(geneva.Workflow):
+    allow_multiple = True
+    may_proceed_without_hero = True
+
+    @step(wait_for="never", on_timeout="skip")
+    def take(self):
+        self.data["ran"] = True
+
+    @step
+    def after(self):
+        self.data["after"] = True
+
+
+def test_on_timeout_without_a_timeout_applies_to_timeout_elapsed_in_tests(app):
+    """SPEC gives ``on_timeout`` no need of a ``timeout``: a step that waits for ever
+    keeps it for ``timeout_elapsed=True``."""
+    wf = SkipsWithoutTimeout.create()
+    db.session.commit()
+    with pytest.raises(WaitingForSignalError):
+        perform_next_step(wf)
+    perform_next_step(wf, timeout_elapsed=True)
+    perform_next_step(wf)
+    assert wf.state == "finished"
+    assert wf.data == {"after": True}
