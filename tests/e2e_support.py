@@ -103,7 +103,8 @@ def wait_until(
 
 def terminate_other_connections(session: Any) -> None:
     """End every connection to ``session``'s database but its own (the workers' and
-    relays'), on PostgreSQL or MariaDB, and commit."""
+    relays'), on PostgreSQL or MariaDB, commit, and drop the caller's pooled
+    connections so that its next query opens a live one."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(
             sa.text(
@@ -125,3 +126,6 @@ def terminate_other_connections(session: Any) -> None:
                 if error.orig is None or error.orig.args[0] != 1094:
                     raise
     session.commit()
+    # The caller's pool may hold other connections of its own (a relay thread's, an
+    # earlier checkout's) that were just ended; its next checkout must not draw one.
+    session.get_bind().dispose()

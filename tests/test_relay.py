@@ -22,7 +22,7 @@ from flask_geneva import step
 from flask_geneva.executor import EARLY_WAIT_MAX, execute_step
 from flask_geneva.publishing import PENDING_PUBLISH_KEY
 from flask_geneva.timeutil import as_utc, utcnow
-from tests.e2e_support import wait_until
+from tests.e2e_support import terminate_other_connections, wait_until
 from tests.models import Note, db, geneva
 
 #: Runs a test on PostgreSQL only (LISTEN/NOTIFY and server-side connection kills).
@@ -423,13 +423,7 @@ def test_the_relay_survives_a_database_outage(app: Flask, database_url: str) -> 
     state.start_relay()
     try:
         wait_until(lambda: state.relay._listener is not None, message="the LISTEN connection")
-        db.session.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
-        db.session.commit()
+        terminate_other_connections(db.session)
         workflow = SoonWorkflow.create()
         db.session.commit()
         execution_id = workflow.current_execution.id
