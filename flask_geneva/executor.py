@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from flask_geneva import claiming, signals
 from flask_geneva.body import performed_outcome, run_body, run_handler
+from flask_geneva.conflicts import is_transient, run_again
 from flask_geneva.finalizing import decide, finalize
 from flask_geneva.ids import parse_execution_id
 from flask_geneva.loading import attach_as_loaded
@@ -256,8 +257,12 @@ def _run_and_finalize(
             if finished.claimed_next is not None:
                 give_back(type(workflow)._geneva, finished.claimed_next)
             raise
-    except sa.exc.SQLAlchemyError:
+    except sa.exc.SQLAlchemyError as database_error:
         session.rollback()
+        if is_transient(database_error) and run_again(
+            type(workflow)._geneva, subject, database_error
+        ):
+            return None
         log.exception(
             "database error while finalizing execution %s; it stays in progress and "
             "housekeeping will recover it",

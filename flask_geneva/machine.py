@@ -291,6 +291,13 @@ def recovery(action: str) -> Transition:
                   reason="recovered by housekeeping")
 
 
+def conflict_retry() -> Transition:
+    """A step whose transaction the database ended (a deadlock, a lost connection): the
+    execution ends recovered, keeping the database's error, and the step runs again."""
+    return _ended(StepState.COMPLETED, StepOutcome.RECOVERED, Move.REPEAT, error=True,
+                  reason="the database ended its transaction; run again")
+
+
 # -- operator actions --------------------------------------------------------------------
 
 

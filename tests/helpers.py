@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import dramatiq
@@ -73,3 +74,28 @@ def published_execution_ids(app: Flask) -> list[Any]:
         for data in list(queue.queue):
             ids.extend(dramatiq.Message.decode(data).args)
     return ids
+
+
+def wait_for_a_blocked_backend(deadline: float) -> None:
+    """Poll (with a deadline) until some connection waits for a lock."""
+    if db.engine.dialect.name == "postgresql":
+        waiting_for_a_lock = (
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        pause = 0.01
+    else:
+        # InnoDB refreshes this table only when nobody read it for 0.1 s.
+        pause = 0.15
+        waiting_for_a_lock = (
+            "SELECT count(*) FROM information_schema.innodb_trx AS t "
+            "JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id "
+            "WHERE p.db = DATABASE() AND t.trx_state = 'LOCK WAIT'"
+        )
+    while time.monotonic() < deadline:
+        with db.engine.connect() as probe:
+            waiting = probe.scalar(sa.text(waiting_for_a_lock))
+        if waiting:
+            return
+        time.sleep(pause)
+    raise AssertionError("no connection ever waited for a lock held by the other one")

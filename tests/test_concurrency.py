@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from flask_geneva import WorkflowAlreadyOngoing, step
 from flask_geneva.executor import execute_step
-from tests.helpers import history, note_texts, scheduled_execution
+from tests.helpers import history, note_texts, scheduled_execution, wait_for_a_blocked_backend
 from tests.models import Note, User, db, geneva
 
 pytestmark = pytest.mark.row_locks
@@ -89,31 +89,6 @@ def test_the_same_execution_from_two_threads_runs_once(app, user):
     assert history(wf) == [("count_me", "completed", "success"), ("after", "scheduled", None)]
 
 
-def _wait_for_a_blocked_backend(deadline: float) -> None:
-    """Poll (with a deadline) until some connection waits for a lock."""
-    if db.engine.dialect.name == "postgresql":
-        waiting_for_a_lock = (
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        pause = 0.01
-    else:
-        # InnoDB refreshes this table only when nobody read it for 0.1 s.
-        pause = 0.15
-        waiting_for_a_lock = (
-            "SELECT count(*) FROM information_schema.innodb_trx AS t "
-            "JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id "
-            "WHERE p.db = DATABASE() AND t.trx_state = 'LOCK WAIT'"
-        )
-    while time.monotonic() < deadline:
-        with db.engine.connect() as probe:
-            waiting = probe.scalar(sa.text(waiting_for_a_lock))
-        if waiting:
-            return
-        time.sleep(pause)
-    raise AssertionError("no connection ever waited for a lock held by the other one")
-
-
 def test_two_requests_creating_the_same_workflow_end_with_one(app, user):
     class OnlyOneWorkflow(geneva.Workflow):
         @step
@@ -126,7 +101,7 @@ def test_two_requests_creating_the_same_workflow_end_with_one(app, user):
     def first_request():
         OnlyOneWorkflow.create(hero=db.session.get(User, user_id))
         first_flushed.set()  # its row is inserted, not yet committed
-        _wait_for_a_blocked_backend(time.monotonic() + DEADLINE)
+        wait_for_a_blocked_backend(time.monotonic() + DEADLINE)
         db.session.commit()
         return "created"
 
@@ -171,7 +146,7 @@ def test_a_pause_committed_while_a_worker_waits_for_the_lock_wins(app):
             db.session.flush()
         finally:
             pause_flushed.set()
-        _wait_for_a_blocked_backend(time.monotonic() + DEADLINE)
+        wait_for_a_blocked_backend(time.monotonic() + DEADLINE)
         db.session.commit()
         return "paused"
 

@@ -150,6 +150,14 @@ def test_recovery():
     assert outcome(machine.recovery("cancel"))[:3] == ("canceled", "recovered", "canceled")
 
 
+# SPEC §2: a step whose transaction the database ended (geneva's own database work).
+def test_a_conflict_recovers_the_execution_and_runs_the_step_again():
+    transition = machine.conflict_retry()
+    assert outcome(transition)[:4] == ("completed", "recovered", "ready", "first")
+    assert transition.records_error
+    assert not machine.consumes_signal(transition)
+
+
 # SPEC §3: operator actions, and which states allow them.
 def test_allowed_actions_per_state():
     assert machine.allowed_actions("ready") == ("pause", "cancel", "skip")
