@@ -77,17 +77,35 @@ def finalize(
     target = Target(subject.workflow_id, subject.execution_id, step.name, 0)
     claim_next = False
     hero: tuple[type, dict[str, Any]] | None = None
+    applied: Applied | None = None
+    options = message_options(model)
+    hero_class = None
     if inline_next and error is None and _may_claim_at_once(model, store, claim, plan):
-        checked = _lock_and_check_hero(session, store, workflow, subject.execution_id)
-        if checked is None:
-            return None
-        # No hero (or its check raised): the next step is claimed the usual way.
-        claim_next, hero = checked
-    applied = store.finalize(
-        session, target, plan, now, options=message_options(model),
-        error=error if transition.records_error else None,
-        claim_next=claim_next, message_id=message_id,
-    )  # fmt: skip
+        if not model.may_proceed_without_hero:
+            hero_class = store.joinable_hero(workflow.hero_type)
+        if hero_class is not None:
+            # One lock reads the hero's row too: the next step's hero check.
+            with_hero = store.finalize_with_hero(
+                session, target, plan, now, options=options, message_id=message_id,
+                hero_class=hero_class,
+            )  # fmt: skip
+            if with_hero is None:
+                return None
+            applied, values = with_hero
+            if values is not None:
+                claim_next, hero = True, (hero_class, values)
+        else:
+            checked = _lock_and_check_hero(session, store, workflow, subject.execution_id)
+            if checked is None:
+                return None
+            # No hero (or its check raised): the next step is claimed the usual way.
+            claim_next, hero = checked
+    if applied is None:
+        applied = store.finalize(
+            session, target, plan, now, options=options,
+            error=error if transition.records_error else None,
+            claim_next=claim_next, message_id=message_id,
+        )  # fmt: skip
     if applied is None:
         return None
     workflow_state = plan.workflow_state.value
@@ -121,23 +139,15 @@ def _may_claim_at_once(model: Any, store: Store, claim: Claim, plan: machine.Pla
 
 def _lock_and_check_hero(
     session: Session, store: Store, workflow: Any, execution_id: Any
-) -> tuple[bool, tuple[type, dict[str, Any]] | None] | None:
-    """The claim's hero check, for a next step claimed in the finalize: under the lock
-    of the workflow and the execution, taken first. ``(True, hero)`` when the hero is
-    there (its class and values when the lock read them) or the class needs none,
-    ``(False, None)`` when it is not or its check raised, None when the execution is no
-    longer in progress."""
+) -> tuple[bool, None] | None:
+    """The claim's hero check, for a next step claimed in the finalize, when no lock can
+    read the hero's row (:meth:`Store.finalize_with_hero` does when one can): under the
+    lock of the workflow and the execution, taken first. ``(True, None)`` when the hero
+    is there or the class needs none, ``(False, None)`` when it is not or its check
+    raised, None when the execution is no longer in progress."""
     model = type(workflow)
     if model.may_proceed_without_hero:
         return True, None
-    hero_class = store.joinable_hero(workflow.hero_type)
-    if hero_class is not None:
-        # One statement: the lock, and the hero's row read as plain values.
-        read = store.lock_states_with_hero(session, execution_id, hero_class)
-        if read is None or read[0].execution_state != StepState.IN_PROGRESS:
-            return None
-        values = read[1]
-        return (False, None) if values is None else (True, (hero_class, values))
     locked = store.lock_states(session, execution_id)
     if locked is None or locked.execution_state != StepState.IN_PROGRESS:
         return None

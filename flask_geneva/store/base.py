@@ -191,6 +191,28 @@ class Store(SignalWrites, HeroLocks):
         return self.apply(session, target, plan, now, options=options, error=error,
                           claim_next=claim_next, message_id=message_id, withdraw=False)
 
+    def finalize_with_hero(
+        self, session: Session, target: Target, plan: Plan, now: datetime, *,
+        options: MessageOptions, message_id: str | None, hero_class: type,
+    ) -> tuple[Applied, dict[str, Any] | None] | None:
+        """:meth:`finalize` a step that returned, claiming the step the plan schedules at
+        once only if the workflow's hero (a row of ``hero_class``, read under the lock)
+        is still there: ``(applied, the hero's values)`` with it claimed, ``(applied,
+        None)`` with it scheduled and published as usual (its claim finds the hero
+        gone), None, having written nothing, when the execution is no longer in
+        progress."""
+        read = self.lock_states_with_hero(session, target.execution_id, hero_class)
+        if read is None or read[0].execution_state != StepState.IN_PROGRESS:
+            return None
+        locked, hero = read
+        target = Target(
+            target.workflow_id, target.execution_id, target.step_name, locked.execution_count
+        )
+        applied = self.apply(session, target, plan, now, options=options,
+                             claim_next=hero is not None, message_id=message_id,
+                             withdraw=False)  # fmt: skip
+        return applied, hero
+
     def apply(self, session: Session, target: Target, plan: Plan, now: datetime, *,
               options: MessageOptions, error: BaseException | None = None,
               started: tuple[datetime, str | None] | None = None, withdraw: bool = True,
@@ -430,6 +452,10 @@ class Store(SignalWrites, HeroLocks):
                     self.sql.lock_with_hero(hero_class), {"hp_execution_id": nothing}
                 ).all()
                 self.lock_states_with_hero(session, nothing, hero_class)
+                self.finalize_with_hero(
+                    session, target, plan_for(returned, "", ("", NO_WAIT)), now,
+                    options=options, message_id=None, hero_class=hero_class,
+                )  # fmt: skip
         finally:
             session.rollback()
 

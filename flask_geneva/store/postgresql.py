@@ -30,6 +30,9 @@ from flask_geneva.store.values import Applied, MessageOptions, Target
 
 #: The PostgreSQL NOTIFY channel that wakes relays when a later step is scheduled.
 NOTIFY_CHANNEL: Final = "geneva_outbox"
+#: How :meth:`_CombinedStatements.continue_with_hero` names the hero's columns it returns
+#: (apart from the workflow's own ``hero_type`` and ``hero_id``).
+HERO_LABEL: Final = "hp_hero_"
 
 
 class PostgresStore(Store):
@@ -52,15 +55,7 @@ class PostgresStore(Store):
     def finalize(self, session: Session, target: Target, plan: Plan, now: datetime, *,
                  options: MessageOptions, error: BaseException | None = None,
                  claim_next: bool = False, message_id: str | None = None) -> Applied | None:
-        transition = plan.transition
-        returned = (
-            transition.move == Move.ADVANCE
-            and transition.step_state == StepState.COMPLETED
-            and transition.outcome == StepOutcome.SUCCESS
-            and error is None
-        )
-        waits = options.signal_waits
-        if not returned or (waits and (target.step_name in waits or plan.schedule in waits)):
+        if not _one_statement(target, plan, options, error):
             # Signals to consume or a step to wait: the shared writes, one at a time.
             return super().finalize(session, target, plan, now, options=options, error=error,
                                     claim_next=claim_next, message_id=message_id)
@@ -92,6 +87,39 @@ class PostgresStore(Store):
         self.announce(session, new_id, target.workflow_id, options, run_at, now)
         return Applied(new_id)
 
+    def finalize_with_hero(
+        self, session: Session, target: Target, plan: Plan, now: datetime, *,
+        options: MessageOptions, message_id: str | None, hero_class: type,
+    ) -> tuple[Applied, dict[str, Any] | None] | None:
+        if not _one_statement(target, plan, options, None) or plan.schedule_in:
+            return super().finalize_with_hero(session, target, plan, now, options=options,
+                                              message_id=message_id, hero_class=hero_class)
+        connection = session.connection()
+        params: dict[str, Any] = {
+            "hp_execution_id": target.execution_id, "hp_workflow_id": target.workflow_id,
+            "hp_step_name": target.step_name, "hp_now": now, "hp_next_step": plan.schedule,
+            "hp_run_at": now, "hp_message_id": message_id, **self._new_key(),
+        }  # fmt: skip
+        statement = self.combined.continue_with_hero(hero_class)
+        row = connection.execute(statement, params).first()
+        if row is None:
+            return None
+        new_id = params.get("hp_new_id", row[0])
+        mapping = row._mapping
+        mapper: Any = sa.inspect(hero_class)
+        if mapping[f"{HERO_LABEL}{mapper.primary_key[0].key}"] is None:
+            # The hero is gone: its successor is scheduled and published as usual (in this
+            # same transaction), and its claim finds the hero gone.
+            ids = {"hp_execution_id": new_id, "hp_workflow_id": target.workflow_id, "hp_now": now}
+            connection.execute(self.sql.unclaim, ids)
+            connection.execute(self.sql.ready_again, ids)
+            self.enqueue(session, new_id, target.workflow_id, options, now, now)
+            return Applied(new_id), None
+        hero = {
+            prop.key: mapping[f"{HERO_LABEL}{prop.columns[0].key}"] for prop in mapper.column_attrs
+        }
+        return Applied(new_id, workflow_row=mapping), hero
+
     def contained(self, session: Session) -> AbstractContextManager[Any]:
         # A failed query aborts a PostgreSQL transaction: only the savepoint's part is
         # undone, and what the transaction wrote before stays.
@@ -107,6 +135,22 @@ class PostgresStore(Store):
             sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(available_at.timestamp())))
         )
 
+
+
+def _one_statement(
+    target: Target, plan: Plan, options: MessageOptions, error: BaseException | None
+) -> bool:
+    """Whether a finalize is a returned step's with no signal to consume or wait for:
+    the outcomes the combined statements write."""
+    transition = plan.transition
+    returned = (
+        transition.move == Move.ADVANCE
+        and transition.step_state == StepState.COMPLETED
+        and transition.outcome == StepOutcome.SUCCESS
+        and error is None
+    )
+    waits = options.signal_waits
+    return returned and not (waits and (target.step_name in waits or plan.schedule in waits))
 
 
 class _CombinedStatements:
@@ -175,22 +219,9 @@ class _CombinedStatements:
         self.complete_and_advance = advance.add_cte(locked, completed, inserted, queued).returning(
             sa.select(inserted.c.id).scalar_subquery()
         )
-        started = insert_after(
-            executions, {**scheduled_values, **sql.started_values}, completed, "started"
-        )
-        carry_on = (
-            sa.update(workflows)
-            .where(workflows.c.id == workflow_id, went_through)
-            .values(
-                state=WorkflowState.PERFORMING, current_step_name=sql.next_step,
-                next_step_name=sql.next_step, previous_step_name=step_name,
-                execution_count=workflows.c.execution_count + 1, updated_at=now,
-            )
-        )  # fmt: skip
-        self.complete_and_continue = carry_on.add_cte(locked, completed, started).returning(
-            sa.select(started.c.id).scalar_subquery().label("hp_started_id"),
-            *sql.workflow_columns,
-        )
+        self._sql = sql
+        self._continues_with_hero: dict[type, Any] = {}
+        self.complete_and_continue = self._continue(locked)
         first = (
             sa.insert(executions)
             .values(sql.execution_values)
@@ -205,3 +236,68 @@ class _CombinedStatements:
             )
             .returning(outbox.c.execution_id)
         )
+
+    def _continue(self, locked: Any, returning: tuple[Any, ...] = ()) -> Any:
+        """Complete the locked execution and insert the next one already claimed (in
+        progress), the workflow performing it; returns the new id, the workflow's row and
+        ``returning``."""
+        sql = self._sql
+        workflows, executions = sql.workflows, sql.executions
+        completed = (
+            sa.update(executions)
+            .where(executions.c.id == sa.select(locked.c.id).scalar_subquery())
+            .values(state=StepState.COMPLETED, outcome=StepOutcome.SUCCESS, finished_at=sql.now)
+            .returning(executions.c.id)
+            .cte("completed")
+        )
+        values = dict(sql.execution_values)
+        values["sequence"] = sa.select(locked.c.sequence).scalar_subquery()
+        started = insert_after(executions, {**values, **sql.started_values}, completed, "started")
+        step_name = param("hp_step_name", workflows.c.previous_step_name.type)
+        carry_on = (
+            sa.update(workflows)
+            .where(workflows.c.id == sql.workflow_id, sa.exists(sa.select(completed.c.id)))
+            .values(
+                state=WorkflowState.PERFORMING, current_step_name=sql.next_step,
+                next_step_name=sql.next_step, previous_step_name=step_name,
+                execution_count=workflows.c.execution_count + 1, updated_at=sql.now,
+            )
+        )  # fmt: skip
+        return carry_on.add_cte(locked, completed, started).returning(
+            sa.select(started.c.id).scalar_subquery().label("hp_started_id"),
+            *sql.workflow_columns,
+            *returning,
+        )
+
+    def continue_with_hero(self, hero_class: type) -> Any:
+        """:attr:`complete_and_continue` whose lock also reads the row of the workflow's
+        hero (``hero_class``, outer-joined, not locked), returned as ``hero_<column>``:
+        the hero check of the claimed next step costs no statement of its own."""
+        statement = self._continues_with_hero.get(hero_class)
+        if statement is None:
+            sql = self._sql
+            workflows, executions = sql.workflows, sql.executions
+            table, joined = sql.hero_join(hero_class)
+            locked = (
+                sa.select(
+                    executions.c.id.label("id"),
+                    (workflows.c.execution_count + 1).label("sequence"),
+                    *(column.label(f"hero_{column.key}") for column in table.c),
+                )
+                .select_from(
+                    workflows.join(executions, executions.c.workflow_id == workflows.c.id)
+                    .outerjoin(table, joined)
+                )
+                .where(executions.c.id == sql.execution_id, executions.c.state == sql.in_progress)
+                .with_for_update(of=[workflows, executions])
+                .cte("locked")
+            )  # fmt: skip
+            hero_columns = tuple(
+                sa.select(locked.c[f"hero_{column.key}"]).scalar_subquery().label(
+                    f"{HERO_LABEL}{column.key}"
+                )
+                for column in table.c
+            )
+            statement = self._continue(locked, hero_columns)
+            self._continues_with_hero[hero_class] = statement
+        return statement

@@ -208,7 +208,7 @@ class Statements:
             and isinstance(key[0].type, sa.Integer | sa.String)
         )
 
-    def _hero_join(self, hero_class: type) -> tuple[Any, Any]:
+    def hero_join(self, hero_class: type) -> tuple[Any, Any]:
         """The hero's table and the condition that joins it to the workflow's row."""
         mapper: Any = sa.inspect(hero_class)
         key = mapper.primary_key[0]
@@ -223,7 +223,7 @@ class Statements:
         (and not locked): plain rows, no objects."""
         statement = self._hero_state_locks.get(hero_class)
         if statement is None:
-            table, joined = self._hero_join(hero_class)
+            table, joined = self.hero_join(hero_class)
             workflows, executions = self.workflows, self.executions
             statement = (
                 sa.select(
@@ -246,7 +246,7 @@ class Statements:
         if statement is None:
             workflow_model = self.lock_objects.column_descriptions[0]["entity"]
             execution_model = self.lock_objects.column_descriptions[1]["entity"]
-            _table, joined = self._hero_join(hero_class)
+            _table, joined = self.hero_join(hero_class)
             statement = (
                 sa.select(workflow_model, execution_model, hero_class)
                 .select_from(workflow_model)
