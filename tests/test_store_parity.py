@@ -60,6 +60,34 @@ def _finalize(transition: machine.Transition, *, claim_next: bool = False) -> Ca
     return apply
 
 
+def _finalize_with_hero(*, hero_gone: bool) -> Callable[..., Any]:
+    """A case: the first step returned, and the second is claimed in the same
+    transaction if the workflow's hero is still there (an inline run's finalize)."""
+
+    def apply(session: Any, workflow: Any, execution: Any, now: Any) -> None:
+        store = store_for(geneva, session)
+        store.claim(session, execution.id, workflow.id, "first", now, "message-1")
+        if hero_gone:
+            session.execute(sa.delete(User).where(User.id == int(workflow.hero_id)))
+        plan = machine.plan(machine.after_body(None), "first", FIRST_AFTER)
+        target = Target(workflow.id, execution.id, "first", 0)
+        hero_class = store.joinable_hero(workflow.hero_type)
+        if hero_class is None:  # MariaDB: no lock reads the hero; it is read apart
+            there = session.get(User, int(workflow.hero_id)) is not None
+            applied = store.finalize(session, target, plan, now, options=OPTIONS,
+                                     claim_next=there, message_id="message-1")
+        else:
+            done = store.finalize_with_hero(session, target, plan, now, options=OPTIONS,
+                                            message_id="message-1", hero_class=hero_class)
+            assert done is not None
+            applied, hero = done
+            assert (hero is None) == hero_gone
+            assert hero is None or hero["email"] == "parity@example.com"
+        assert applied is not None and applied.new_execution_id is not None
+
+    return apply
+
+
 def _operator(action: OperatorAction, *, kept: bool) -> Callable[..., Any]:
     """A case: an operator's action on the workflow (its execution kept or not)."""
 
@@ -95,6 +123,8 @@ def _operator(action: OperatorAction, *, kept: bool) -> Callable[..., Any]:
 CASES: dict[str, Callable[..., Any]] = {
     "returns": _finalize(machine.after_body(None)),
     "returns-claiming-next": _finalize(machine.after_body(None), claim_next=True),
+    "returns-claiming-next-with-hero": _finalize_with_hero(hero_gone=False),
+    "returns-hero-gone": _finalize_with_hero(hero_gone=True),
     "reattempt": _finalize(machine.after_body(ReattemptSignal(30))),
     "skip": _finalize(machine.after_body(SkipSignal())),
     "cancel": _finalize(machine.after_body(CancelSignal())),
@@ -106,6 +136,7 @@ CASES: dict[str, Callable[..., Any]] = {
     "failed-reattempt": _finalize(machine.after_failure(ExceptionPolicy("reattempt", wait=9))),
     "recovered-reattempt": _finalize(machine.recovery("reattempt")),
     "recovered-cancel": _finalize(machine.recovery("cancel")),
+    "conflict-retry": _finalize(machine.conflict_retry()),
     "operator-cancel-kept": _operator(OperatorAction.CANCEL, kept=True),
     "operator-cancel-failed": _operator(OperatorAction.CANCEL, kept=False),
     "operator-skip-kept": _operator(OperatorAction.SKIP, kept=True),
