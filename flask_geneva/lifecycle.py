@@ -55,7 +55,15 @@ def create_workflow(cls: Any, hero: Any = None, data: dict[str, Any] | None = No
         values.update(state=WorkflowState.FINISHED, execution_count=0, transitioned_at=now)
     session.flush()  # the caller's pending writes: their errors are theirs, raised as they are
     store = store_for(geneva, session)
-    workflow = store.insert_workflow(session, cls, values)
+    if definition.steps:
+        first = definition.steps[0]
+        # With its first execution and outbox row (one statement on PostgreSQL).
+        workflow = store.insert_workflow_scheduling(
+            session, cls, values, step_name=first.name, run_at=now + first.wait, now=now,
+            options=message_options(cls),
+        )  # fmt: skip
+    else:
+        workflow = store.insert_workflow(session, cls, values)
     if workflow is None:  # the one-ongoing index kept the row out; the transaction goes on
         _refuse_second_ongoing(session, cls, hero_type, hero_id)
         raise WorkflowAlreadyOngoing(  # pragma: no cover - it ended meanwhile
@@ -63,19 +71,7 @@ def create_workflow(cls: Any, hero: Any = None, data: dict[str, Any] | None = No
         )
     if hero is not None:
         workflow.__dict__["_geneva_hero_cache"] = hero
-    if definition.steps:
-        _schedule_first_step(session, workflow, definition.steps[0], now)
     return workflow
-
-
-def _schedule_first_step(session: Any, workflow: Any, first: Any, now: Any) -> None:
-    """Add the first execution and its outbox row with the store's prebuilt statements
-    (``create()`` is called in bulk: the unit of work would cost more than the inserts)."""
-    cls = type(workflow)
-    store_for(cls._geneva, session).schedule(
-        session, workflow.id, step_name=first.name, sequence=1, run_at=now + first.wait,
-        now=now, options=message_options(cls), fresh=True,
-    )  # fmt: skip
 
 
 def _checked_data(cls: Any, data: Any) -> dict[str, Any]:

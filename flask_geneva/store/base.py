@@ -122,6 +122,35 @@ class Store(SignalWrites, HeroLocks):
         statement (the object built from what it returned: no unit of work, no second
         read); None, having written nothing, when the one-ongoing index refuses it (the
         transaction stays usable, unlike after a failed flush)."""
+        statement = self.workflow_insert()
+        params = self.workflow_params(values)
+        row = session.connection().execute(statement, params).one_or_none()
+        if row is None:
+            return None
+        return attach_as_loaded(session, cls, values_from(cls, row._mapping))
+
+    def insert_workflow_scheduling(self, session: Session, cls: type, values: dict[str, Any],
+                                   *, step_name: str, run_at: datetime, now: datetime,
+                                   options: MessageOptions) -> Any:
+        """:meth:`insert_workflow`, then its first execution (``step_name``, number 1)
+        and outbox row as :meth:`schedule` adds them; the workflow, or None, having
+        written nothing, when the one-ongoing index refuses it."""
+        workflow = self.insert_workflow(session, cls, values)
+        if workflow is not None:
+            self.schedule(session, workflow.id, step_name=step_name, sequence=1,
+                          run_at=run_at, now=now, options=options, fresh=True)  # fmt: skip
+        return workflow
+
+    def workflow_params(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The parameters of :meth:`workflow_insert` for a new workflow's ``values``."""
+        return {
+            f"wf_{column}": values.get(key)
+            for key, column in self._workflow_insert_columns.items()
+        }
+
+    def workflow_insert(self) -> Any:
+        """``INSERT`` a workflow row unless the one-ongoing index refuses it, returning
+        the row."""
         statement = self._workflow_insert
         # Built again if a workflow class added a column to the table since: the
         # returned row must hold every column the new object maps.
@@ -140,14 +169,7 @@ class Store(SignalWrites, HeroLocks):
                 )
                 .returning(*table.c)
             )  # fmt: skip
-        params = {
-            f"wf_{column}": values.get(key)
-            for key, column in self._workflow_insert_columns.items()
-        }
-        row = session.connection().execute(statement, params).one_or_none()
-        if row is None:
-            return None
-        return attach_as_loaded(session, cls, values_from(cls, row._mapping))
+        return statement
 
     def _insert(self, table: Any) -> Any:
         """The dialect's ``INSERT`` construct (it knows ``ON CONFLICT``)."""

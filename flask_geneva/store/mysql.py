@@ -77,10 +77,7 @@ class MysqlStore(Store):
                 {column: sa.bindparam(f"wf_{column}")
                  for column in self._workflow_insert_columns.values()}
             )  # fmt: skip
-        params = {
-            f"wf_{column}": values.get(key)
-            for key, column in self._workflow_insert_columns.items()
-        }
+        params = self.workflow_params(values)
         connection = session.connection()
         try:
             inserted = connection.execute(statement, params)

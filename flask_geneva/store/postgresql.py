@@ -14,6 +14,7 @@ shared statements one at a time (:class:`~flask_geneva.store.base.Store`).
 
 from __future__ import annotations
 
+import uuid
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Final
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from flask_geneva.loading import attach_as_loaded, mapped_columns
 from flask_geneva.machine import Move, Plan
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
 from flask_geneva.store.base import Store
@@ -30,6 +32,8 @@ from flask_geneva.store.values import Applied, MessageOptions, Target
 
 #: The PostgreSQL NOTIFY channel that wakes relays when a later step is scheduled.
 NOTIFY_CHANNEL: Final = "geneva_outbox"
+#: How :meth:`_CombinedStatements.create_with_first_step` names the first execution's id.
+FIRST_EXECUTION_LABEL: Final = "hp_first_execution_id"
 #: How :meth:`_CombinedStatements.continue_with_hero` names the hero's columns it returns
 #: (apart from the workflow's own ``hero_type`` and ``hero_id``).
 HERO_LABEL: Final = "hp_hero_"
@@ -119,6 +123,31 @@ class PostgresStore(Store):
             prop.key: mapping[f"{HERO_LABEL}{prop.columns[0].key}"] for prop in mapper.column_attrs
         }
         return Applied(new_id, workflow_row=mapping), hero
+
+    def insert_workflow_scheduling(self, session: Session, cls: type, values: dict[str, Any],
+                                   *, step_name: str, run_at: datetime, now: datetime,
+                                   options: MessageOptions) -> Any:
+        if step_name in options.signal_waits:  # it may wait: the shared writes
+            return super().insert_workflow_scheduling(
+                session, cls, values, step_name=step_name, run_at=run_at, now=now,
+                options=options,
+            )  # fmt: skip
+        statement = self.combined.create_with_first_step(self.workflow_insert())
+        params = self.workflow_params(values)
+        if self.uuid_keys:  # a column default does not reach an INSERT in a CTE
+            params["wf_id"] = uuid.uuid4()
+        params.update(self._scheduling_params(None, step_name, run_at, now, options))
+        params["hp_sequence"] = 1
+        row = session.connection().execute(statement, params).one_or_none()
+        if row is None:
+            return None
+        mapping = row._mapping
+        workflow = attach_as_loaded(
+            session, cls, {key: mapping[column.name] for key, column in mapped_columns(cls)}
+        )
+        new_id = params.get("hp_new_id", mapping[FIRST_EXECUTION_LABEL])
+        self.announce(session, new_id, workflow.id, options, run_at, now)
+        return workflow
 
     def contained(self, session: Session) -> AbstractContextManager[Any]:
         # A failed query aborts a PostgreSQL transaction: only the savepoint's part is
@@ -221,6 +250,7 @@ class _CombinedStatements:
         )
         self._sql = sql
         self._continues_with_hero: dict[type, Any] = {}
+        self._creates: tuple[Any, Any] | None = None
         self.complete_and_continue = self._continue(locked)
         first = (
             sa.insert(executions)
@@ -300,4 +330,45 @@ class _CombinedStatements:
             )
             statement = self._continue(locked, hero_columns)
             self._continues_with_hero[hero_class] = statement
+        return statement
+
+    def create_with_first_step(self, workflow_insert: Any) -> Any:
+        """``workflow_insert`` (the store's ``INSERT … ON CONFLICT DO NOTHING RETURNING``)
+        with the first execution and its outbox row inserted by the same statement, for
+        the row it inserted (none when the one-ongoing index refused it); returns the
+        workflow's row and the execution's id."""
+        cached = self._creates
+        if cached is not None and cached[0] is workflow_insert:
+            return cached[1]
+        sql = self._sql
+        executions, outbox = sql.executions, sql.outbox
+        created = workflow_insert.cte("created")
+        execution_values = {**sql.execution_values, "workflow_id": created.c.id}
+        first = (
+            sa.insert(executions)
+            .from_select(
+                list(execution_values),
+                sa.select(*(labelled(k, v) for k, v in execution_values.items()))
+                .select_from(created),
+            )
+            .returning(executions.c.id, executions.c.workflow_id)
+            .cte("first_step")
+        )
+        outbox_values = {**sql.outbox_values, "workflow_id": first.c.workflow_id}
+        queued = (
+            sa.insert(outbox)
+            .from_select(
+                ["execution_id", *outbox_values],
+                sa.select(first.c.id, *(labelled(k, v) for k, v in outbox_values.items()))
+                .select_from(first),
+            )
+            .returning(outbox.c.id)
+            .cte("first_message")
+        )
+        statement = (
+            sa.select(*created.c, first.c.id.label(FIRST_EXECUTION_LABEL))
+            .select_from(created.join(first, first.c.workflow_id == created.c.id))
+            .add_cte(queued)
+        )
+        self._creates = (workflow_insert, statement)
         return statement
