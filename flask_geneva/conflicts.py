@@ -1,23 +1,32 @@
-"""A step whose transaction the database ended runs again at once.
+"""A step whose transaction the database ended is recorded, or run again, at once.
 
 A deadlock, a serialization failure, a lock wait that timed out or a lost connection
-ends the transaction in which a step's body and its finalize write: the body's writes
-are rolled back and nothing of the step is recorded, so its execution is still
-``in_progress``. Left so, only housekeeping would recover it, after
-``GENEVA_STUCK_IN_PROGRESS_THRESHOLD`` (an hour by default). Such an error is worth
-trying again, so the worker recovers the execution itself, in a new transaction (on a
-new connection if the old one was lost), having checked under the workflow's lock that
-nothing was recorded after all: the execution ends ``completed`` / ``recovered``,
-keeping the database's error, and the same step is scheduled again at once, as
-housekeeping's ``"reattempt"`` recovery does. This is not a step failure (SPEC section
-2: an error in geneva's own database work never pauses the workflow).
+can end the transaction in which a step's body and its finalize write: nothing of the
+step is recorded, so its execution is still ``in_progress``. Left so, only housekeeping
+would recover it, after ``GENEVA_STUCK_IN_PROGRESS_THRESHOLD`` (an hour by default).
+Such an error is worth trying again, so the worker writes the outcome itself, in a new
+transaction (on a new connection if the old one was lost), having checked under the
+workflow's lock that nothing was recorded after all:
 
-After :data:`RETRIES_IN_A_ROW` such recoveries of the same step in a row, the execution
-is left to housekeeping: a conflict that comes back every time is not a passing one.
+- a step that **failed** had its writes rolled back before the finalize: its outcome
+  (its policy, its reattempts so far) is written as the finalize would have written it;
+- a step whose body **returned** or called a flow-control method lost its writes with
+  the transaction: the execution ends ``completed`` / ``recovered``, keeping the
+  database's error, and the step runs again (at once, or after the wait of its
+  ``reattempt(wait)``), as housekeeping's ``"reattempt"`` recovery does; with
+  ``GENEVA_STUCK_RECOVERY_ACTION = "cancel"`` it ends ``canceled`` / ``recovered`` and the
+  workflow is canceled, as housekeeping would.
+
+This is not a step failure (SPEC section 2: an error in geneva's own database work never
+pauses the workflow). After :data:`RETRIES_IN_A_ROW` such runs of the same step in a
+row, the execution is left to housekeeping: a conflict that comes back every time is
+not a passing one. Such a recovered attempt neither counts as a reattempt nor resets
+the count (:func:`flask_geneva.finalizing.prior_reattempts`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -25,7 +34,8 @@ from sqlalchemy.orm import Session
 
 from flask_geneva import machine
 from flask_geneva.logs import logger
-from flask_geneva.runs import Subject, message_options
+from flask_geneva.machine import NO_WAIT, Move, Transition
+from flask_geneva.runs import Claim, following, message_options
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
 from flask_geneva.store import Target, store_for
 from flask_geneva.timeutil import utcnow
@@ -52,7 +62,10 @@ def is_transient(error: BaseException) -> bool:
         return True
     original = error.orig
     arguments: tuple[Any, ...] = tuple(getattr(original, "args", ()))
-    if arguments and arguments[0] in _TRANSIENT_MYSQL_ERRORS:
+    number = getattr(original, "errno", None)  # MariaDB Connector/Python keeps it there
+    if number is None and arguments:
+        number = arguments[0]  # PyMySQL and mysqlclient: the first argument
+    if number in _TRANSIENT_MYSQL_ERRORS:
         return True  # its SQLSTATE says little: a lock wait timeout's is HY000
     sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
     if not isinstance(sqlstate, str):
@@ -60,37 +73,66 @@ def is_transient(error: BaseException) -> bool:
     return sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASS) or sqlstate == _LOCK_NOT_AVAILABLE
 
 
-def run_again(geneva: Any, subject: Subject, error: BaseException) -> bool:
-    """Recover the execution of ``subject``, whose transaction ``error`` ended, and
-    schedule its step again at once; True when it did. Needs an app context; never
-    raises (what it cannot do stays for housekeeping, and is logged)."""
+def run_again(
+    geneva: Any,
+    claim: Claim,
+    database_error: BaseException,
+    *,
+    step_error: BaseException | None,
+    redecide: Callable[[Session], Transition],
+    log: Any = logger,
+) -> bool:
+    """Write, in a new transaction, what becomes of ``claim``'s execution now that
+    ``database_error`` ended the transaction of its finalize; True when it did. Needs
+    an app context; never raises (what it cannot do stays for housekeeping).
+
+    When the step failed (``step_error``), its writes were rolled back before the
+    finalize and its outcome does not depend on them: the outcome (``redecide``: the
+    step's policy, its reattempts so far) is written as the finalize would have. When
+    the body returned or called a flow-control method, its writes are lost with the
+    transaction: the execution ends recovered and the step runs again, at once or after
+    the wait of its ``reattempt(wait)``; with ``GENEVA_STUCK_RECOVERY_ACTION = "cancel"``
+    the workflow is canceled instead, as housekeeping would.
+    """
+    from flask_geneva.extension import require_state
+
     session: Session = geneva.db.session()
     session.rollback()
-    cause = error.orig if isinstance(error, sa.exc.DBAPIError) and error.orig else error
+    cause = database_error
+    if isinstance(database_error, sa.exc.DBAPIError) and database_error.orig is not None:
+        cause = database_error.orig
+    action = require_state().config.stuck_recovery_action
     try:
-        recovered = _recover(session, geneva, subject, cause)
-        if recovered:
-            session.commit()
-        else:
+        written = _write(session, geneva, claim, cause, step_error, redecide, action, log)
+        if written is None:
             session.rollback()
-    except sa.exc.SQLAlchemyError:
+        else:
+            session.commit()
+    except sa.exc.SQLAlchemyError as error:
         session.rollback()
-        logger.exception(
-            "database error while scheduling step execution %s again; it stays in "
-            "progress and housekeeping will recover it",
-            subject.execution_id,
-        )
+        log.warning("could not record execution %s in a new transaction either (%s)",
+                    claim.subject.execution_id, type(error).__name__)  # fmt: skip
         return False
-    if recovered:
-        logger.warning(
-            "the database ended the transaction of execution %s (%s: %s); its step %r "
-            "is scheduled again at once",
-            subject.execution_id, type(cause).__name__, cause, subject.step_name,
+    if written is not None:
+        log.warning(
+            "the database ended the transaction of execution %s (%s: %s); %s",
+            claim.subject.execution_id, type(cause).__name__, cause, written,
         )  # fmt: skip
-    return recovered
+    return written is not None
 
 
-def _recover(session: Session, geneva: Any, subject: Subject, cause: BaseException) -> bool:
+def _write(
+    session: Session,
+    geneva: Any,
+    claim: Claim,
+    cause: BaseException,
+    step_error: BaseException | None,
+    redecide: Callable[[Session], Transition],
+    action: str,
+    log: Any,
+) -> str | None:
+    """Lock, check and write; what was done, in words, or None when nothing was."""
+    subject = claim.subject
     store = store_for(geneva, session)
     workflow = store.lock_workflow(session, subject.workflow_id)
     locked = store.lock_states(session, subject.execution_id)
@@ -101,30 +143,45 @@ def _recover(session: Session, geneva: Any, subject: Subject, cause: BaseExcepti
         or locked.execution_state != StepState.IN_PROGRESS
         or workflow.state != WorkflowState.PERFORMING
     ):
-        return False  # it was recorded after all, or recovered meanwhile
+        return None  # it was recorded after all, or recovered meanwhile
     execution = session.get(geneva.StepExecution, subject.execution_id, populate_existing=True)
     if execution is None:
-        return False
-    if _retried_in_a_row(session, geneva, execution) >= RETRIES_IN_A_ROW:
-        logger.error(
-            "the database ended the transaction of execution %s (%s: %s), the %s time "
-            "in a row for step %r; it stays in progress and housekeeping will recover it",
-            subject.execution_id, type(cause).__name__, cause, _ordinal(RETRIES_IN_A_ROW + 1),
-            subject.step_name,
-        )  # fmt: skip
-        return False
+        return None
     step_name = execution.step_name
+    target = Target(subject.workflow_id, subject.execution_id, step_name, locked.execution_count)
+    options = message_options(type(workflow))
+    now = utcnow()
+    transition = redecide(session)
+    if step_error is not None:
+        plan = machine.plan(transition, step_name, following(claim.definition, step_name))
+        store.apply(session, target, plan, now, options=options, withdraw=False,
+                    error=step_error if transition.records_error else None)  # fmt: skip
+        return f"the step's failure is recorded ({transition.outcome})"
+    if action == "cancel":
+        retry = machine.conflict_retry("cancel")
+    else:
+        if _retried_in_a_row(session, geneva, execution) >= RETRIES_IN_A_ROW:
+            log.error(
+                "the database ended the transaction of execution %s (%s: %s), the %s "
+                "time in a row for step %r; it stays in progress and housekeeping will "
+                "recover it",
+                subject.execution_id, type(cause).__name__, cause,
+                _ordinal(RETRIES_IN_A_ROW + 1), step_name,
+            )  # fmt: skip
+            return None
+        waited = transition.wait if transition.move == Move.REPEAT else NO_WAIT
+        retry = machine.conflict_retry("reattempt", wait=waited)
     store.apply(
-        session,
-        Target(subject.workflow_id, subject.execution_id, step_name, locked.execution_count),
-        machine.plan(machine.conflict_retry(), step_name, None),
-        utcnow(),
-        options=message_options(type(workflow)),
+        session, target, machine.plan(retry, step_name, None), now, options=options,
         error=cause,
         # A step waiting for a signal keeps its timeout's end, as housekeeping's recovery.
         keep_deadline=execution.scheduled_for if execution.waiting_for is not None else None,
+    )  # fmt: skip
+    if retry.move == Move.CANCEL:
+        return "the workflow is canceled (GENEVA_STUCK_RECOVERY_ACTION is \"cancel\")"
+    return f"its step {step_name!r} is scheduled again" + (
+        f" in {retry.wait}" if retry.wait else " at once"
     )
-    return True
 
 
 def _retried_in_a_row(session: Session, geneva: Any, execution: Any) -> int:

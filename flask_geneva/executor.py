@@ -260,8 +260,9 @@ def _run_and_finalize(
     except sa.exc.SQLAlchemyError as database_error:
         session.rollback()
         if is_transient(database_error) and run_again(
-            type(workflow)._geneva, subject, database_error
-        ):
+            type(workflow)._geneva, claim, database_error, step_error=error, log=log,
+            redecide=lambda again: decide(again, claim, call, error, policy, handler_call),
+        ):  # fmt: skip
             return None
         log.exception(
             "database error while finalizing execution %s; it stays in progress and "

@@ -201,10 +201,18 @@ def prior_reattempts(session: Session, workflow: Any, execution: Any, step_name:
     those after the newest earlier execution that ended any other way."""
     model = type(execution)
     earlier = (model.workflow_id == workflow.id, model.sequence < execution.sequence)
+    # An attempt the database ended (recovered, with its error kept: flask_geneva.conflicts)
+    # neither counts nor ends the count.
+    conflict = sa.and_(
+        model.outcome.is_not(None),
+        model.outcome == StepOutcome.RECOVERED,
+        model.error_class_name.is_not(None),
+    )
     last_other_outcome = (
         sa.select(sa.func.coalesce(sa.func.max(model.sequence), 0))
         .where(
             *earlier,
+            ~conflict,
             sa.or_(
                 model.step_name != step_name,
                 model.state != StepState.FAILED,
@@ -217,6 +225,6 @@ def prior_reattempts(session: Session, workflow: Any, execution: Any, step_name:
     count = session.scalar(
         sa.select(sa.func.count())
         .select_from(model)
-        .where(*earlier, model.sequence > last_other_outcome)
+        .where(*earlier, ~conflict, model.sequence > last_other_outcome)
     )
     return int(count or 0)

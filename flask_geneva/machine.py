@@ -291,11 +291,16 @@ def recovery(action: str) -> Transition:
                   reason="recovered by housekeeping")
 
 
-def conflict_retry() -> Transition:
-    """A step whose transaction the database ended (a deadlock, a lost connection): the
-    execution ends recovered, keeping the database's error, and the step runs again."""
-    return _ended(StepState.COMPLETED, StepOutcome.RECOVERED, Move.REPEAT, error=True,
-                  reason="the database ended its transaction; run again")
+def conflict_retry(action: str = "reattempt", *, wait: timedelta = NO_WAIT) -> Transition:
+    """A step whose transaction the database ended (a deadlock, a lost connection) after
+    its body returned: the execution ends recovered, keeping the database's error, and
+    the step runs again after ``wait`` (``"reattempt"``) or the workflow is canceled
+    (``"cancel"``, housekeeping's other recovery action)."""
+    if action == "cancel":
+        return _ended(StepState.CANCELED, StepOutcome.RECOVERED, Move.CANCEL, error=True,
+                      reason="the database ended its transaction")
+    return _ended(StepState.COMPLETED, StepOutcome.RECOVERED, Move.REPEAT, wait=wait,
+                  error=True, reason="the database ended its transaction; run again")
 
 
 # -- operator actions --------------------------------------------------------------------

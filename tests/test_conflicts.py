@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -228,3 +229,138 @@ def test_a_step_whose_connection_is_killed_runs_again_at_once(app: Any) -> None:
     db.session.expire_all()
     assert db.session.scalars(sa.select(Note.text)).all() == ["written by the step"]
     assert db.session.get(geneva.Workflow, wf.id).state == "finished"
+
+
+class KillAtTheFinalize:
+    """Ends the step's database connection (for real, from another connection) just
+    before its next locking statement once ``arm()`` is called: the finalize's lock,
+    when the body arms it."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.armed = False
+        self.kills = 0
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def __call__(self, connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not self.armed or "FOR UPDATE" not in statement:
+            return
+        self.armed = False
+        raw = connection.connection.dbapi_connection
+        postgresql = connection.dialect.name == "postgresql"
+        own = raw.info.backend_pid if postgresql else raw.thread_id()
+        with self.engine.connect() as other:
+            if postgresql:
+                other.execute(sa.select(sa.func.pg_terminate_backend(own)))
+            else:
+                other.execute(sa.text(f"KILL CONNECTION {int(own)}"))
+        self.kills += 1
+
+
+@pytest.fixture
+def kill_at_the_finalize(app: Any) -> Any:
+    killer = KillAtTheFinalize(db.engine)
+    sa.event.listen(db.engine, "before_cursor_execute", killer)
+    yield killer
+    sa.event.remove(db.engine, "before_cursor_execute", killer)
+
+
+def _run(workflow: Any) -> Any:
+    execution_id = scheduled_execution(workflow).id
+    result = execute_step(geneva, execution_id)
+    db.session.expire_all()
+    return result
+
+
+def test_a_failure_whose_finalize_is_cut_off_is_recorded_as_the_step_failed(
+    app: Any, kill_at_the_finalize: KillAtTheFinalize
+) -> None:
+    class FailingWorkflow(geneva.Workflow):
+        may_proceed_without_hero = True
+
+        @step  # the default policy pauses
+        def fails(self) -> None:
+            kill_at_the_finalize.arm()
+            raise RuntimeError("the step's own failure")
+
+    wf = FailingWorkflow.create()
+    db.session.commit()
+    assert _run(wf) is None
+    assert kill_at_the_finalize.kills == 1
+    assert history(wf) == [("fails", "failed", "failed")]  # not run again
+    [execution] = db.session.scalars(
+        sa.select(geneva.StepExecution).where(geneva.StepExecution.workflow_id == wf.id)
+    ).all()
+    assert execution.error_class_name == "RuntimeError"
+    assert execution.error_message == "the step's own failure"
+    assert db.session.get(geneva.Workflow, wf.id).state == "paused"
+
+
+def test_a_reattempt_whose_finalize_is_cut_off_keeps_its_wait(
+    app: Any, kill_at_the_finalize: KillAtTheFinalize
+) -> None:
+    class WaitingWorkflow(geneva.Workflow):
+        may_proceed_without_hero = True
+
+        @step
+        def later(self) -> None:
+            kill_at_the_finalize.arm()
+            self.reattempt(wait=timedelta(minutes=10))
+
+    wf = WaitingWorkflow.create()
+    db.session.commit()
+    first_id = scheduled_execution(wf).id
+    assert _run(wf) is None
+    assert history(wf) == [("later", "completed", "recovered"), ("later", "scheduled", None)]
+    ended = _execution(first_id)
+    again = scheduled_execution(wf)
+    waited = again.scheduled_for - ended.finished_at
+    assert timedelta(minutes=9) < waited <= timedelta(minutes=10)
+
+
+@pytest.mark.parametrize("app_config", [{"GENEVA_STUCK_RECOVERY_ACTION": "cancel"}])
+def test_with_the_cancel_recovery_action_a_cut_off_step_cancels_the_workflow(
+    app: Any, kill_at_the_finalize: KillAtTheFinalize
+) -> None:
+    class CancelledWorkflow(geneva.Workflow):
+        may_proceed_without_hero = True
+
+        @step
+        def once(self) -> None:
+            kill_at_the_finalize.arm()
+
+    wf = CancelledWorkflow.create()
+    db.session.commit()
+    assert _run(wf) is None
+    assert history(wf) == [("once", "canceled", "recovered")]
+    assert db.session.get(geneva.Workflow, wf.id).state == "canceled"
+
+
+def test_an_attempt_the_database_ended_does_not_reset_the_reattempt_count(
+    app: Any, kill_at_the_finalize: KillAtTheFinalize
+) -> None:
+    attempts: list[int] = []
+
+    class CountingWorkflow(geneva.Workflow):
+        may_proceed_without_hero = True
+
+        @step(on_exception="reattempt", wait=timedelta(0), max_reattempts=1)
+        def flaky(self) -> None:
+            attempts.append(1)
+            if len(attempts) == 2:  # this one returns, but its finalize is cut off
+                kill_at_the_finalize.arm()
+                return
+            raise RuntimeError(f"attempt {len(attempts)}")
+
+    wf = CountingWorkflow.create()
+    db.session.commit()
+    for _ in range(3):
+        _run(wf)
+    assert history(wf) == [
+        ("flaky", "failed", "reattempted"),
+        ("flaky", "completed", "recovered"),
+        ("flaky", "failed", "failed"),  # past max_reattempts: the terminal action
+    ]
+    assert db.session.get(geneva.Workflow, wf.id).state == "paused"

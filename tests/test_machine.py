@@ -154,8 +154,12 @@ def test_recovery():
 def test_a_conflict_recovers_the_execution_and_runs_the_step_again():
     transition = machine.conflict_retry()
     assert outcome(transition)[:4] == ("completed", "recovered", "ready", "first")
-    assert transition.records_error
+    assert transition.records_error and transition.wait == timedelta(0)
     assert not machine.consumes_signal(transition)
+    assert machine.conflict_retry(wait=timedelta(minutes=3)).wait == timedelta(minutes=3)
+    canceled = machine.conflict_retry("cancel")
+    assert outcome(canceled)[:3] == ("canceled", "recovered", "canceled")
+    assert canceled.records_error
 
 
 # SPEC §3: operator actions, and which states allow them.
