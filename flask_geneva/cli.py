@@ -49,6 +49,7 @@ from flask_geneva.queries.signals import (
     waits_now,
     workflow_signals,
 )
+from flask_geneva.signalling import unwaited_names_reported_by_caller
 from flask_geneva.states import StepState, WorkflowState
 from flask_geneva.text import printable, quoted, shorten
 from flask_geneva.timeutil import as_utc, utcnow
@@ -215,7 +216,8 @@ def signal_command(workflow_id: str, name: str, payload: str | None, key: str | 
         _fail(str(error))
     workflow = _load(workflow_id)
     try:
-        sent = geneva.send_signal(workflow.id, name, payload=value, idempotency_key=key)
+        with unwaited_names_reported_by_caller():  # sent_line says it, once
+            sent = geneva.send_signal(workflow.id, name, payload=value, idempotency_key=key)
         woke = None
         if not sent.duplicate and workflow.state == WorkflowState.READY:
             model = geneva.StepExecution

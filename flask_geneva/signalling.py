@@ -12,6 +12,9 @@ together with its own writes, and only then is the step published.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import sqlalchemy as sa
@@ -146,8 +149,27 @@ def waiting_names(workflow_class: Any) -> list[str]:
     return sorted({wait.name for wait in waits})
 
 
+#: Set while a caller says itself that no step waits for the name (``flask geneva
+#: signal`` prints it in its own line), so that it is not said twice.
+_CALLER_REPORTS_UNWAITED: ContextVar[bool] = ContextVar("geneva_caller_reports_unwaited",
+                                                        default=False)
+
+
+@contextmanager
+def unwaited_names_reported_by_caller() -> Iterator[None]:
+    """Within this block, storing a signal no step waits for logs no warning: the caller
+    reports it to its user itself."""
+    token = _CALLER_REPORTS_UNWAITED.set(True)
+    try:
+        yield
+    finally:
+        _CALLER_REPORTS_UNWAITED.reset(token)
+
+
 def _warn_if_nobody_waits(workflow: Any, name: str) -> None:
     """A name no step of the class waits for is most likely a typo: it stays pending."""
+    if _CALLER_REPORTS_UNWAITED.get():
+        return
     names = waiting_names(type(workflow))
     if name in names or not type(workflow).is_defined():
         return
