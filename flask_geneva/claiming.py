@@ -9,7 +9,9 @@ precondition that ends the execution is applied in this same transaction.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -233,6 +235,12 @@ def await_signal(
     return Awaited("wait")
 
 
+#: How many (execution, signal) pairs whose predicate raised a process remembers, so that
+#: it warns once for each rather than at every wake of the step.
+PREDICATE_FAILURES_REMEMBERED: Final = 1024
+_PREDICATE_FAILURES_SAID: OrderedDict[tuple[str, Any, Any, Any], None] = OrderedDict()
+
+
 def _matches(store: Store, session: Session, wait: SignalWait, workflow: Any, execution: Any,
              signal: Any) -> bool:
     """Whether the step takes ``signal``. A predicate that raises does not match that
@@ -245,7 +253,15 @@ def _matches(store: Store, session: Session, wait: SignalWait, workflow: Any, ex
         with store.contained(session):
             return wait.matcher.matches(workflow, signal)
     except STEP_FAILURES as error:
-        workflow_logger(workflow, execution).warning(
+        # Every wake of the step checks the signal again: said once per execution and
+        # signal in this process, then only at debug level.
+        seen = (str(session.get_bind().engine.url), execution.id, signal.id, signal.created_at)
+        first = seen not in _PREDICATE_FAILURES_SAID
+        _PREDICATE_FAILURES_SAID[seen] = None
+        if len(_PREDICATE_FAILURES_SAID) > PREDICATE_FAILURES_REMEMBERED:
+            _PREDICATE_FAILURES_SAID.popitem(last=False)
+        workflow_logger(workflow, execution).log(
+            logging.WARNING if first else logging.DEBUG,
             "the SignalMatcher predicate of step %s raised for signal #%s %s (%s: %s); "
             "that signal counts as not matching and stays pending",
             quoted(execution.step_name), signal.id, quoted(signal.name),

@@ -239,3 +239,39 @@ def test_signals_are_taken_first_in_first_out_with_uuid_keys(uuid_app):
         uuid_db.session.commit()
     speedrun_workflow(wf)
     assert wf.data["got"] == list(range(8))
+
+
+def _raises_on_bad(wf, sig):
+    if sig.payload.get("bad"):
+        raise KeyError("no such field")
+    return sig.payload.get("ok", False)
+
+
+class PickyPredicate(geneva.Workflow):
+    allow_multiple = True
+    may_proceed_without_hero = True
+
+    @step(wait_for=SignalMatcher("go", _raises_on_bad))
+    def w(self):
+        self.data["got"] = self.received_signal.payload
+
+
+def test_a_predicate_that_raises_is_reported_once_not_at_every_wake(app, caplog):
+    wf = PickyPredicate.create()
+    bad = wf.signal("go", {"bad": True})
+    db.session.commit()
+    (execution,) = _executions(wf)
+    with caplog.at_level("WARNING", logger="flask_geneva"):
+        for _ in range(3):  # three wakes; the bad signal is checked at each
+            wf.signal("go", {"ok": False})
+            db.session.commit()
+            execute_step(geneva, execution.id)
+    said = [r for r in caplog.records if "predicate of step" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    assert f"signal #{bad.id}" in said[0].getMessage()
+    wf.signal("go", {"ok": True})
+    db.session.commit()
+    result = execute_step(geneva, execution.id)
+    assert result is not None and result.outcome == "completed"
+    db.session.refresh(wf)
+    assert wf.data["got"] == {"ok": True}
