@@ -223,6 +223,18 @@ def _run_and_finalize(
 
     policy = None
     handler_call = None
+    if error is not None and is_transient(error):
+        # The database ended the step's transaction under it (a deadlock, a lost
+        # connection): not the step's failure (SPEC section 2); it runs again.
+        session.rollback()
+        if not run_again(type(workflow)._geneva, claim, error, step_error=None, log=log,
+                         redecide=lambda again: decide(again, claim, None, None, None, None)):
+            log.error(
+                "the database ended the transaction of execution %s while its step ran "
+                "(%s); it stays in progress and housekeeping will recover it",
+                subject.execution_id, type(error).__name__,
+            )  # fmt: skip
+        return None
     if error is not None:
         session.rollback()  # the body's writes go; the failure is recorded below
         policy = resolve_policy(step.on_exception, claim.definition.class_policies, error)

@@ -364,3 +364,38 @@ def test_an_attempt_the_database_ended_does_not_reset_the_reattempt_count(
         ("flaky", "failed", "failed"),  # past max_reattempts: the terminal action
     ]
     assert db.session.get(geneva.Workflow, wf.id).state == "paused"
+
+
+def test_a_step_whose_own_statement_loses_the_connection_runs_again_not_paused(
+    app: Any,
+) -> None:
+    postgresql = db.engine.dialect.name == "postgresql"
+    runs: list[int] = []
+
+    class CutOffWorkflow(geneva.Workflow):
+        may_proceed_without_hero = True
+
+        @step  # the default policy would pause on an exception of the step's own
+        def reads(self) -> None:
+            runs.append(1)
+            if len(runs) > 1:
+                db.session.add(Note(text="second run"))
+                return
+            own = "SELECT pg_backend_pid()" if postgresql else "SELECT CONNECTION_ID()"
+            connection_id = int(db.session.scalar(sa.text(own)))
+            with db.engine.connect() as other:
+                if postgresql:
+                    other.execute(sa.select(sa.func.pg_terminate_backend(connection_id)))
+                else:
+                    other.execute(sa.text(f"KILL CONNECTION {connection_id}"))
+            db.session.scalar(sa.text("SELECT 1"))  # raises: the connection is gone
+
+    wf = CutOffWorkflow.create()
+    db.session.commit()
+    first_id = scheduled_execution(wf).id
+    assert _run(wf) is None
+    assert history(wf) == [("reads", "completed", "recovered"), ("reads", "scheduled", None)]
+    assert _execution(first_id).error_class_name  # the database's error, kept
+    assert db.session.get(geneva.Workflow, wf.id).state == "ready"  # not paused
+    assert _run(wf).outcome == "completed"
+    assert db.session.scalars(sa.select(Note.text)).all() == ["second run"]
