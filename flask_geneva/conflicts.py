@@ -18,8 +18,8 @@ workflow's lock that nothing was recorded after all:
   workflow is canceled, as housekeeping would.
 
 The same holds when such an error escapes the step's body (its own statement or flush
-met the deadlock or the lost connection): the step is recorded as having returned, run
-again. This is not a step failure (SPEC section 2: an error in geneva's own database work
+met the deadlock or the lost connection): its execution ends recovered and the step
+runs again. This is not a step failure (SPEC section 2: an error in geneva's own database work
 never pauses the workflow). After :data:`RETRIES_IN_A_ROW` such runs of the same step in a
 row, the execution is left to housekeeping: a conflict that comes back every time is
 not a passing one. Such a recovered attempt neither counts as a reattempt nor resets

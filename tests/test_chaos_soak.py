@@ -139,8 +139,11 @@ def test_workflows_survive_killed_workers_dropped_connections_and_a_lost_queue(
             send(thirds[2])
             send(thirds[1][::2], twice=True)
 
-    wait_until(lambda: past(expected) and soak.all_finished(ids), timeout=180,
-               message=f"every workflow to finish (after: {done})")  # fmt: skip
+    try:
+        wait_until(lambda: past(expected) and soak.all_finished(ids), timeout=180,
+                   message=f"every workflow to finish (after: {done})")  # fmt: skip
+    except AssertionError as stuck:
+        raise AssertionError(f"{stuck}; unfinished: {_unfinished(ids)}") from None
 
     outcomes = Counter(  # shown when an assertion below fails
         str(outcome) for (outcome,) in db.session.execute(sa.select(geneva.StepExecution.outcome))
@@ -171,3 +174,25 @@ def test_workflows_survive_killed_workers_dropped_connections_and_a_lost_queue(
     assert {str(state) for _, state in stored} == {"consumed"}
     for group in groups:
         assert group.popen is not None and group.popen.poll() is None, group.output()
+
+
+def _unfinished(ids: list[Any]) -> list[tuple[Any, ...]]:
+    """Each workflow not finished: its id and state, and its executions' step, state,
+    outcome and error class (what a failed soak needs to say)."""
+    db.session.rollback()
+    workflows = geneva.Workflow.__table__
+    executions = geneva.StepExecution.__table__
+    rows = db.session.execute(
+        sa.select(workflows.c.id, workflows.c.state)
+        .where(workflows.c.id.in_(ids), workflows.c.state != "finished")
+    ).all()
+    described = []
+    for workflow_id, state in rows:
+        steps = db.session.execute(
+            sa.select(executions.c.step_name, executions.c.state, executions.c.outcome,
+                      executions.c.error_class_name)
+            .where(executions.c.workflow_id == workflow_id)
+            .order_by(executions.c.sequence)
+        ).all()  # fmt: skip
+        described.append((workflow_id, str(state), [tuple(map(str, s)) for s in steps]))
+    return described
