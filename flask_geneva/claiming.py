@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from flask_geneva import machine, signals
+from flask_geneva.conflicts import is_transient
 from flask_geneva.dsl import StepDefinition, WorkflowDefinition, evaluate_condition
 from flask_geneva.errors import StepNotDefinedError, WorkflowClassNotFoundError
 from flask_geneva.flow import CancelSignal, FlowControlSignal, SkipSignal
@@ -173,6 +174,15 @@ def claim(
     policy = None
     if verdict == Verdict.EXCEPTION:
         assert error is not None
+        if is_transient(error):
+            # The database ended the claim's transaction under the precondition (a
+            # deadlock, a lost connection): not the step's failure. Nothing is claimed;
+            # the execution stays scheduled and the relay delivers it again.
+            session.rollback()
+            log.warning("the database ended the claim of execution %s while its "
+                        "precondition ran (%s); it stays scheduled", execution.id,
+                        type(error).__name__)  # fmt: skip
+            return None
         policy = resolve_policy(step.on_exception, definition.class_policies, error)
     if verdict == Verdict.PASSED or (policy is not None and policy.handler is not None):
         taken = awaited.signal if awaited is not None and verdict == Verdict.PASSED else None

@@ -29,6 +29,7 @@ the count (:func:`flask_geneva.finalizing.prior_reattempts`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -40,11 +41,14 @@ from flask_geneva.machine import NO_WAIT, Move, Transition
 from flask_geneva.runs import Claim, following, message_options
 from flask_geneva.states import StepOutcome, StepState, WorkflowState
 from flask_geneva.store import Target, store_for
+from flask_geneva.text import quoted, shorten
 from flask_geneva.timeutil import utcnow
 
 #: How many executions of one step in a row may end this way; the next is left to
 #: housekeeping.
 RETRIES_IN_A_ROW: Final = 3
+#: How much of the database's error message a log line quotes.
+CAUSE_LENGTH: Final = 300
 
 #: SQLSTATE codes of a transaction the server ended, worth running again: the class of
 #: serialization failures and deadlocks, and a lock wait past ``lock_timeout``.
@@ -85,16 +89,19 @@ def run_again(
     log: Any = logger,
 ) -> bool:
     """Write, in a new transaction, what becomes of ``claim``'s execution now that
-    ``database_error`` ended the transaction of its finalize; True when it did. Needs
-    an app context; never raises (what it cannot do stays for housekeeping).
+    ``database_error`` ended the transaction of its body or finalize. Needs an app
+    context; never raises. False only when the new transaction failed too (the caller
+    logs the original error; housekeeping recovers the execution); True otherwise,
+    having logged what it did, or why nothing (recorded after all, recovered meanwhile,
+    or the fourth time in a row: left to housekeeping).
 
-    When the step failed (``step_error``), its writes were rolled back before the
-    finalize and its outcome does not depend on them: the outcome (``redecide``: the
-    step's policy, its reattempts so far) is written as the finalize would have. When
-    the body returned or called a flow-control method, its writes are lost with the
-    transaction: the execution ends recovered and the step runs again, at once or after
-    the wait of its ``reattempt(wait)``; with ``GENEVA_STUCK_RECOVERY_ACTION = "cancel"``
-    the workflow is canceled instead, as housekeeping would.
+    ``step_error``: the step failed and neither its writes nor a handler's were in the
+    lost transaction, so its outcome (``redecide``: its policy, its reattempts so far) is
+    written as the finalize would have. Otherwise (None) the step's writes are lost: the
+    execution ends recovered and the step runs again, at once the first time, one and
+    two seconds later the next ones, or after the wait of a ``reattempt(wait)`` it
+    called; with ``GENEVA_STUCK_RECOVERY_ACTION = "cancel"`` the workflow is canceled
+    instead, as housekeeping would.
     """
     from flask_geneva.extension import require_state
 
@@ -104,36 +111,38 @@ def run_again(
     if isinstance(database_error, sa.exc.DBAPIError) and database_error.orig is not None:
         cause = database_error.orig
     action = require_state().config.stuck_recovery_action
+    described = f"{type(cause).__name__}: {shorten(str(cause), CAUSE_LENGTH)}"
     try:
-        written = _write(session, geneva, claim, cause, step_error, redecide, action, log)
-        if written is None:
-            session.rollback()
-        else:
+        written = _write(session, geneva, claim, described, cause, step_error, redecide,
+                         action, log)  # fmt: skip
+        if written:
             session.commit()
+        else:
+            session.rollback()
     except sa.exc.SQLAlchemyError as error:
         session.rollback()
         log.warning("could not record execution %s in a new transaction either (%s)",
                     claim.subject.execution_id, type(error).__name__)  # fmt: skip
         return False
-    if written is not None:
-        log.warning(
-            "the database ended the transaction of execution %s (%s: %s); %s",
-            claim.subject.execution_id, type(cause).__name__, cause, written,
-        )  # fmt: skip
-    return written is not None
+    if written:
+        log.warning("the database ended the transaction of execution %s (%s); %s",
+                    claim.subject.execution_id, described, written)  # fmt: skip
+    return True
 
 
 def _write(
     session: Session,
     geneva: Any,
     claim: Claim,
+    described: str,
     cause: BaseException,
     step_error: BaseException | None,
     redecide: Callable[[Session], Transition],
     action: str,
     log: Any,
 ) -> str | None:
-    """Lock, check and write; what was done, in words, or None when nothing was."""
+    """Lock, check and write; what was done, in words, or "" when nothing was (it was
+    recorded after all, or recovered meanwhile, or is left to housekeeping: logged)."""
     subject = claim.subject
     store = store_for(geneva, session)
     workflow = store.lock_workflow(session, subject.workflow_id)
@@ -145,10 +154,10 @@ def _write(
         or locked.execution_state != StepState.IN_PROGRESS
         or workflow.state != WorkflowState.PERFORMING
     ):
-        return None  # it was recorded after all, or recovered meanwhile
+        return ""  # it was recorded after all, or recovered meanwhile
     execution = session.get(geneva.StepExecution, subject.execution_id, populate_existing=True)
     if execution is None:
-        return None
+        return ""
     step_name = execution.step_name
     target = Target(subject.workflow_id, subject.execution_id, step_name, locked.execution_count)
     options = message_options(type(workflow))
@@ -162,17 +171,20 @@ def _write(
     if action == "cancel":
         retry = machine.conflict_retry("cancel")
     else:
-        if _retried_in_a_row(session, geneva, execution) >= RETRIES_IN_A_ROW:
+        in_a_row = _retried_in_a_row(session, geneva, execution)
+        if in_a_row >= RETRIES_IN_A_ROW:
             log.error(
-                "the database ended the transaction of execution %s (%s: %s), the %s "
-                "time in a row for step %r; it stays in progress and housekeeping will "
-                "recover it",
-                subject.execution_id, type(cause).__name__, cause,
-                _ordinal(RETRIES_IN_A_ROW + 1), step_name,
+                "the database ended the transaction of execution %s (%s), the %s time in "
+                "a row for step %s; it stays in progress and housekeeping will recover it",
+                subject.execution_id, described, _ordinal(RETRIES_IN_A_ROW + 1),
+                quoted(step_name),
             )  # fmt: skip
-            return None
+            return ""
+        # The first run again at once, the next ones a little later (one second, then
+        # two): two transactions that met once are likely to meet again at once.
         waited = transition.wait if transition.move == Move.REPEAT else NO_WAIT
-        retry = machine.conflict_retry("reattempt", wait=waited)
+        retry = machine.conflict_retry("reattempt",
+                                       wait=max(waited, timedelta(seconds=in_a_row)))
     store.apply(
         session, target, machine.plan(retry, step_name, None), now, options=options,
         error=cause,
@@ -181,7 +193,7 @@ def _write(
     )  # fmt: skip
     if retry.move == Move.CANCEL:
         return "the workflow is canceled (GENEVA_STUCK_RECOVERY_ACTION is \"cancel\")"
-    return f"its step {step_name!r} is scheduled again" + (
+    return f"its step {quoted(step_name)} is scheduled again" + (
         f" in {retry.wait}" if retry.wait else " at once"
     )
 

@@ -203,6 +203,23 @@ def give_back(geneva: Any, claimed: ClaimedStep) -> None:
         )
 
 
+def _ended_by_the_database(
+    session: Session, claim: Claim, error: BaseException, log: Any
+) -> None:
+    """The database ended the step's transaction while its body (or handler) ran: record
+    it and run the step again (:mod:`flask_geneva.conflicts`), or leave it in progress
+    for housekeeping."""
+    session.rollback()
+    geneva = type(claim.workflow)._geneva
+    if not run_again(geneva, claim, error, step_error=None, log=log,
+                     redecide=lambda again: decide(again, claim, None, None, None, None)):
+        log.error(
+            "the database ended the transaction of execution %s while its step ran (%s); "
+            "it stays in progress and housekeeping will recover it",
+            claim.subject.execution_id, type(error).__name__,
+        )  # fmt: skip
+
+
 def _run_and_finalize(
     session: Session,
     claim: Claim,
@@ -226,19 +243,15 @@ def _run_and_finalize(
     if error is not None and is_transient(error):
         # The database ended the step's transaction under it (a deadlock, a lost
         # connection): not the step's failure (SPEC section 2); it runs again.
-        session.rollback()
-        if not run_again(type(workflow)._geneva, claim, error, step_error=None, log=log,
-                         redecide=lambda again: decide(again, claim, None, None, None, None)):
-            log.error(
-                "the database ended the transaction of execution %s while its step ran "
-                "(%s); it stays in progress and housekeeping will recover it",
-                subject.execution_id, type(error).__name__,
-            )  # fmt: skip
+        _ended_by_the_database(session, claim, error, log)
         return None
     if error is not None:
         session.rollback()  # the body's writes go; the failure is recorded below
         policy = resolve_policy(step.on_exception, claim.definition.class_policies, error)
         handler_call, error = run_handler(session, workflow, execution, policy, error)
+        if is_transient(error):  # the handler's own statements met it
+            _ended_by_the_database(session, claim, error, log)
+            return None
 
     # Checked once the body has run: a long step hands its successor to the broker.
     inline_next = inline_until is not None and time.monotonic() < inline_until
@@ -271,8 +284,12 @@ def _run_and_finalize(
             raise
     except sa.exc.SQLAlchemyError as database_error:
         session.rollback()
+        # A handler's writes were in the lost transaction too: then the step runs again
+        # (and its handler with it) rather than its decided outcome without them.
+        settled = error is not None and (policy is None or policy.handler is None)
         if is_transient(database_error) and run_again(
-            type(workflow)._geneva, claim, database_error, step_error=error, log=log,
+            type(workflow)._geneva, claim, database_error,
+            step_error=error if settled else None, log=log,
             redecide=lambda again: decide(again, claim, call, error, policy, handler_call),
         ):  # fmt: skip
             return None

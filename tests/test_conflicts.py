@@ -45,7 +45,8 @@ def _step_in_thread(app: Any, execution_id: Any) -> tuple[threading.Thread, list
     def run() -> None:
         with app.app_context():
             try:
-                outcome.append(execute_step(geneva, execution_id))
+                # Runs a retry scheduled a moment later too (one second, then two).
+                outcome.append(execute_step(geneva, execution_id, ignore_schedule=True))
             except BaseException as error:  # reported by the test, not lost in the thread
                 outcome.append(error)
             finally:
@@ -399,3 +400,71 @@ def test_a_step_whose_own_statement_loses_the_connection_runs_again_not_paused(
     assert db.session.get(geneva.Workflow, wf.id).state == "ready"  # not paused
     assert _run(wf).outcome == "completed"
     assert db.session.scalars(sa.select(Note.text)).all() == ["second run"]
+
+
+def test_a_handler_whose_writes_are_lost_with_the_finalize_runs_again_with_its_step(
+    app: Any, kill_at_the_finalize: KillAtTheFinalize
+) -> None:
+    runs: list[int] = []
+
+    def handle(wf: Any, error: BaseException) -> None:
+        db.session.add(Note(text=f"handled run {len(runs)}"))
+        if len(runs) == 1:
+            kill_at_the_finalize.arm()  # this handler's writes go with the finalize
+        wf.skip()
+
+    class HandledWorkflow(geneva.Workflow):
+        may_proceed_without_hero = True
+
+        @step(on_exception=handle)
+        def fails(self) -> None:
+            runs.append(1)
+            raise RuntimeError("the step's own failure")
+
+    wf = HandledWorkflow.create()
+    db.session.commit()
+    assert _run(wf) is None
+    # Not skipped without the handler's note: the step runs again, its handler too.
+    assert history(wf) == [("fails", "completed", "recovered"), ("fails", "scheduled", None)]
+    assert db.session.scalars(sa.select(Note.text)).all() == []
+    _run(wf)
+    assert history(wf)[1:] == [("fails", "failed", "skipped")]
+    assert db.session.scalars(sa.select(Note.text)).all() == ["handled run 2"]
+    assert db.session.get(geneva.Workflow, wf.id).state == "finished"
+
+
+def test_a_precondition_whose_query_loses_the_connection_leaves_the_step_scheduled(
+    app: Any,
+) -> None:
+    postgresql = db.engine.dialect.name == "postgresql"
+    checks: list[int] = []
+
+    def lose_the_connection(wf: Any) -> bool:
+        checks.append(1)
+        if len(checks) == 1:
+            own = "SELECT pg_backend_pid()" if postgresql else "SELECT CONNECTION_ID()"
+            connection_id = int(db.session.scalar(sa.text(own)))
+            with db.engine.connect() as other:
+                if postgresql:
+                    other.execute(sa.select(sa.func.pg_terminate_backend(connection_id)))
+                else:
+                    other.execute(sa.text(f"KILL CONNECTION {connection_id}"))
+            db.session.scalar(sa.text("SELECT 1"))  # raises: the connection is gone
+        return False
+
+    class CheckedWorkflow(geneva.Workflow):
+        may_proceed_without_hero = True
+
+        @step(skip_if=lose_the_connection)
+        def checked(self) -> None:
+            db.session.add(Note(text="ran"))
+
+    wf = CheckedWorkflow.create()
+    db.session.commit()
+    execution_id = scheduled_execution(wf).id
+    assert _run(wf) is None
+    assert history(wf) == [("checked", "scheduled", None)]  # not failed, not paused
+    assert scheduled_execution(wf).id == execution_id
+    assert db.session.get(geneva.Workflow, wf.id).state == "ready"
+    assert _run(wf).outcome == "completed"
+    assert db.session.scalars(sa.select(Note.text)).all() == ["ran"]
