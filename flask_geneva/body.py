@@ -27,7 +27,9 @@ def run_body(
     session: Session, workflow: Any, execution: Any, step: StepDefinition, subject: Subject,
     *, timed_out: bool = False,
 ) -> tuple[FlowControlSignal | None, BaseException | None]:
-    """Run the step body and flush its writes; returns its flow-control call or error.
+    """Run the step body and flush its writes; returns its flow-control call or error
+    (both when the call's writes failed to flush: the error decides, and the call tells
+    a retry how long to wait).
 
     ``timed_out``: the step's signal timeout ended first; unless its ``on_timeout`` is
     ``"run"``, the body does not run and the timeout's call (skip, cancel, pause) stands
@@ -49,7 +51,7 @@ def run_body(
         keep_data_changes(workflow, snapshot)
         session.flush()  # the body's own writes: their errors are the step's
     except STEP_FAILURES as raised:
-        error, call = raised, None
+        error = raised
     finally:
         workflow.__dict__.pop("_geneva_running", None)
     send(signals.step_performed, subject, performed_outcome(call, error), error, body_started)

@@ -33,6 +33,7 @@ from flask_geneva import claiming, signals
 from flask_geneva.body import performed_outcome, run_body, run_handler
 from flask_geneva.conflicts import is_transient, run_again
 from flask_geneva.finalizing import decide, finalize
+from flask_geneva.flow import FlowControlSignal
 from flask_geneva.ids import parse_execution_id
 from flask_geneva.loading import attach_as_loaded
 from flask_geneva.logs import logger, workflow_logger
@@ -204,7 +205,8 @@ def give_back(geneva: Any, claimed: ClaimedStep) -> None:
 
 
 def _ended_by_the_database(
-    session: Session, claim: Claim, error: BaseException, log: Any
+    session: Session, claim: Claim, error: BaseException, log: Any,
+    call: FlowControlSignal | None = None,
 ) -> None:
     """The database ended the step's transaction while its body (or handler) ran: record
     it and run the step again (:mod:`flask_geneva.conflicts`), or leave it in progress
@@ -212,7 +214,7 @@ def _ended_by_the_database(
     session.rollback()
     geneva = type(claim.workflow)._geneva
     if not run_again(geneva, claim, error, step_error=None, log=log,
-                     redecide=lambda again: decide(again, claim, None, None, None, None)):
+                     redecide=lambda again: decide(again, claim, call, None, None, None)):
         log.error(
             "the database ended the transaction of execution %s while its step ran (%s); "
             "it stays in progress and housekeeping will recover it",
@@ -242,9 +244,11 @@ def _run_and_finalize(
     handler_call = None
     if error is not None and is_transient(error):
         # The database ended the step's transaction under it (a deadlock, a lost
-        # connection): not the step's failure (SPEC section 2); it runs again.
-        _ended_by_the_database(session, claim, error, log)
+        # connection): not the step's failure (SPEC section 2); it runs again (after
+        # the wait of a reattempt(wait) it called before its writes failed to flush).
+        _ended_by_the_database(session, claim, error, log, call)
         return None
+    call = None if error is not None else call
     if error is not None:
         session.rollback()  # the body's writes go; the failure is recorded below
         policy = resolve_policy(step.on_exception, claim.definition.class_policies, error)

@@ -468,3 +468,33 @@ def test_a_precondition_whose_query_loses_the_connection_leaves_the_step_schedul
     assert db.session.get(geneva.Workflow, wf.id).state == "ready"
     assert _run(wf).outcome == "completed"
     assert db.session.scalars(sa.select(Note.text)).all() == ["ran"]
+
+
+def test_a_reattempt_whose_writes_fail_to_flush_for_a_lost_connection_keeps_its_wait(
+    app: Any,
+) -> None:
+    postgresql = db.engine.dialect.name == "postgresql"
+
+    class FlushLostWorkflow(geneva.Workflow):
+        may_proceed_without_hero = True
+
+        @step
+        def later(self) -> None:
+            own = "SELECT pg_backend_pid()" if postgresql else "SELECT CONNECTION_ID()"
+            connection_id = int(db.session.scalar(sa.text(own)))
+            db.session.add(Note(text="flushed when the body ends"))
+            with db.engine.connect() as other:
+                if postgresql:
+                    other.execute(sa.select(sa.func.pg_terminate_backend(connection_id)))
+                else:
+                    other.execute(sa.text(f"KILL CONNECTION {connection_id}"))
+            self.reattempt(wait=timedelta(minutes=10))  # its writes then fail to flush
+
+    wf = FlushLostWorkflow.create()
+    db.session.commit()
+    first_id = scheduled_execution(wf).id
+    assert _run(wf) is None
+    assert history(wf) == [("later", "completed", "recovered"), ("later", "scheduled", None)]
+    waited = scheduled_execution(wf).scheduled_for - _execution(first_id).finished_at
+    assert timedelta(minutes=9) < waited <= timedelta(minutes=10)
+    assert db.session.scalars(sa.select(Note.text)).all() == []
