@@ -132,6 +132,20 @@ def _conflicting_workflow(talk: Coordination) -> type:
     return ConflictingWorkflow
 
 
+def _end_the_sessions_connection() -> int:
+    """End ``db.session``'s own database connection from another one, for real (as a
+    failover or an administrator would); returns the server's id of it."""
+    postgresql = db.engine.dialect.name == "postgresql"
+    own = "SELECT pg_backend_pid()" if postgresql else "SELECT CONNECTION_ID()"
+    connection_id = int(db.session.scalar(sa.text(own)))
+    with db.engine.connect() as other:
+        if postgresql:
+            other.execute(sa.select(sa.func.pg_terminate_backend(connection_id)))
+        else:
+            other.execute(sa.text(f"KILL CONNECTION {connection_id}"))
+    return connection_id
+
+
 def _execution(execution_id: Any) -> Any:
     return db.session.get(geneva.StepExecution, execution_id, populate_existing=True)
 
@@ -194,7 +208,6 @@ def test_a_deadlock_that_keeps_coming_back_is_left_to_housekeeping(
 
 
 def test_a_step_whose_connection_is_killed_runs_again_at_once(app: Any) -> None:
-    postgresql = db.engine.dialect.name == "postgresql"
     kills = []
 
     class KilledWorkflow(geneva.Workflow):
@@ -206,13 +219,7 @@ def test_a_step_whose_connection_is_killed_runs_again_at_once(app: Any) -> None:
             db.session.flush()
             if kills:
                 return
-            own = "SELECT pg_backend_pid()" if postgresql else "SELECT CONNECTION_ID()"
-            connection_id = int(db.session.scalar(sa.text(own)))
-            with db.engine.connect() as other:
-                if postgresql:
-                    other.execute(sa.select(sa.func.pg_terminate_backend(connection_id)))
-                else:
-                    other.execute(sa.text(f"KILL CONNECTION {connection_id}"))
+            connection_id = _end_the_sessions_connection()
             kills.append(connection_id)
 
     wf = KilledWorkflow.create()
@@ -370,7 +377,6 @@ def test_an_attempt_the_database_ended_does_not_reset_the_reattempt_count(
 def test_a_step_whose_own_statement_loses_the_connection_runs_again_not_paused(
     app: Any,
 ) -> None:
-    postgresql = db.engine.dialect.name == "postgresql"
     runs: list[int] = []
 
     class CutOffWorkflow(geneva.Workflow):
@@ -382,13 +388,7 @@ def test_a_step_whose_own_statement_loses_the_connection_runs_again_not_paused(
             if len(runs) > 1:
                 db.session.add(Note(text="second run"))
                 return
-            own = "SELECT pg_backend_pid()" if postgresql else "SELECT CONNECTION_ID()"
-            connection_id = int(db.session.scalar(sa.text(own)))
-            with db.engine.connect() as other:
-                if postgresql:
-                    other.execute(sa.select(sa.func.pg_terminate_backend(connection_id)))
-                else:
-                    other.execute(sa.text(f"KILL CONNECTION {connection_id}"))
+            _end_the_sessions_connection()
             db.session.scalar(sa.text("SELECT 1"))  # raises: the connection is gone
 
     wf = CutOffWorkflow.create()
@@ -436,19 +436,12 @@ def test_a_handler_whose_writes_are_lost_with_the_finalize_runs_again_with_its_s
 def test_a_precondition_whose_query_loses_the_connection_leaves_the_step_scheduled(
     app: Any,
 ) -> None:
-    postgresql = db.engine.dialect.name == "postgresql"
     checks: list[int] = []
 
     def lose_the_connection(wf: Any) -> bool:
         checks.append(1)
         if len(checks) == 1:
-            own = "SELECT pg_backend_pid()" if postgresql else "SELECT CONNECTION_ID()"
-            connection_id = int(db.session.scalar(sa.text(own)))
-            with db.engine.connect() as other:
-                if postgresql:
-                    other.execute(sa.select(sa.func.pg_terminate_backend(connection_id)))
-                else:
-                    other.execute(sa.text(f"KILL CONNECTION {connection_id}"))
+            _end_the_sessions_connection()
             db.session.scalar(sa.text("SELECT 1"))  # raises: the connection is gone
         return False
 
@@ -473,21 +466,14 @@ def test_a_precondition_whose_query_loses_the_connection_leaves_the_step_schedul
 def test_a_reattempt_whose_writes_fail_to_flush_for_a_lost_connection_keeps_its_wait(
     app: Any,
 ) -> None:
-    postgresql = db.engine.dialect.name == "postgresql"
 
     class FlushLostWorkflow(geneva.Workflow):
         may_proceed_without_hero = True
 
         @step
         def later(self) -> None:
-            own = "SELECT pg_backend_pid()" if postgresql else "SELECT CONNECTION_ID()"
-            connection_id = int(db.session.scalar(sa.text(own)))
             db.session.add(Note(text="flushed when the body ends"))
-            with db.engine.connect() as other:
-                if postgresql:
-                    other.execute(sa.select(sa.func.pg_terminate_backend(connection_id)))
-                else:
-                    other.execute(sa.text(f"KILL CONNECTION {connection_id}"))
+            _end_the_sessions_connection()
             self.reattempt(wait=timedelta(minutes=10))  # its writes then fail to flush
 
     wf = FlushLostWorkflow.create()
