@@ -140,7 +140,7 @@ def _write(
     redecide: Callable[[Session], Transition],
     action: str,
     log: Any,
-) -> str | None:
+) -> str:
     """Lock, check and write; what was done, in words, or "" when nothing was (it was
     recorded after all, or recovered meanwhile, or is left to housekeeping: logged)."""
     subject = claim.subject

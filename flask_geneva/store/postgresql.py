@@ -14,7 +14,6 @@ shared statements one at a time (:class:`~flask_geneva.store.base.Store`).
 
 from __future__ import annotations
 
-import uuid
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Final
@@ -134,8 +133,6 @@ class PostgresStore(Store):
             )  # fmt: skip
         statement = self.combined.create_with_first_step(self.workflow_insert())
         params = self.workflow_params(values)
-        if self.uuid_keys:  # a column default does not reach an INSERT in a CTE
-            params["wf_id"] = uuid.uuid4()
         params.update(self._scheduling_params(None, step_name, run_at, now, options))
         params["hp_sequence"] = 1
         row = session.connection().execute(statement, params).one_or_none()
