@@ -24,6 +24,9 @@ What it measures, per database:
   then the next ones inline, ``GENEVA_INLINE_STEPS``). The signals split each step into
   claim (until ``precondition_checked``), body (until ``step_performed``) and finalize
   (until ``step_finalized``).
+* **the workload alone** (with heroes): the same hero updates through ``db.session``,
+  each followed by a commit, with no engine: what the application's own work costs, the
+  part of a step no engine can save (the hero is loaded once beforehand, not counted).
 * the same for hero-less workflows (``may_proceed_without_hero``, ``allow_multiple``).
 
 Counted with SQLAlchemy engine events: every statement (``before_cursor_execute``), each
